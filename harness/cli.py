@@ -1,0 +1,244 @@
+"""The ``wrnbench`` command line: a thin layer over the harness."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+
+from harness import registry
+from harness.config import ConfigError, RunConfig, field_types
+from harness.data import DataError
+from harness.spec import SpecError, WRNSpec
+
+log = logging.getLogger("wrnbench")
+
+DEFAULT_RESULTS = "results"
+DATA_DIR_ENV = "WRNBENCH_DATA_DIR"
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per RunConfig field, named after it; values are validated by RunConfig."""
+    types = field_types()
+    for f in dataclasses.fields(RunConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not None else "unset"
+        text = (
+            f"{f.metadata['help']} [{default}]"
+            if "[" not in f.metadata["help"]
+            else f.metadata["help"]
+        )
+        if types[f.name] is bool:
+            parser.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text
+            )
+        else:
+            parser.add_argument(flag, dest=f.name, metavar=f.name.upper(), default=None, help=text)
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)}
+    values = {name: value for name, value in values.items() if value is not None}
+    if values.get("dataset", "cifar10") == "cifar10":
+        values.setdefault("data_dir", os.environ.get(DATA_DIR_ENV, "data"))
+    return RunConfig.from_dict(values)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness import runner, store
+
+    config = config_from_args(args)
+    log.info(
+        "run %s on %s (%s): config %s",
+        config.spec.name,
+        config.backend,
+        config.device,
+        config.config_hash,
+    )
+    row = runner.run(config, progress=not args.no_progress)
+    path = store.write_row(args.results, row)
+    if args.json:
+        print(json.dumps(row, indent=1))
+    else:
+        _print_run_summary(row, path)
+    if row["status"] == "interrupted":
+        return EXIT_INTERRUPTED
+    return EXIT_OK if row["status"] == "ok" else EXIT_FAILED
+
+
+def _print_run_summary(row: dict, path) -> None:
+    def fmt(value, spec):
+        return "n/a" if value is None else format(value, spec)
+
+    print(f"status: {row['status']}  (row: {path})")
+    if row["status"] != "ok":
+        print(row.get("error") or "", file=sys.stderr)
+    print(
+        f"test acc: final {fmt(row['final_test_acc'], '.4f')}, best {fmt(row['best_test_acc'], '.4f')}; "
+        f"test loss: final {fmt(row['final_test_loss'], '.4f')}; train loss {fmt(row['final_train_loss'], '.4f')}"
+    )
+    print(
+        f"step time: median {fmt(row['step_time_ms_median'], '.1f')} ms, IQR {fmt(row['step_time_ms_iqr'], '.1f')} ms "
+        f"over {row['timed_steps'] or 0} steps; {fmt(row['images_per_sec'], '.1f')} images/s; "
+        f"compile ({row['compile_method']}) {fmt(row['compile_time_s'], '.2f')} s; "
+        f"data wait {fmt(row['data_wait_s'], '.2f')} s"
+    )
+
+
+def cmd_spec(args: argparse.Namespace) -> int:
+    spec = WRNSpec(args.depth, args.width, args.dropout)
+    backends = [name for name in (args.backends or "").split(",") if name]
+    counts = {name: registry.load(name).count_params(spec) for name in backends}
+    mismatched = {name: count for name, count in counts.items() if count != spec.param_count}
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "spec": spec.describe(),
+                    "layers": [
+                        dict(dataclasses.asdict(layer), flops=layer.flops) for layer in spec.layers
+                    ],
+                    "backends": counts,
+                },
+                indent=1,
+            )
+        )
+    else:
+        _print_spec(spec, counts)
+    if mismatched:
+        print(
+            f"parameter counts differ from the spec's {spec.param_count:,}: {mismatched}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _print_spec(spec: WRNSpec, counts: dict[str, int]) -> None:
+    print(
+        f"{spec.name}: {spec.blocks_per_group} blocks per group, dropout {spec.dropout:g}, {spec.num_classes} classes"
+    )
+    print(f"{'layer':<24} {'op':<14} {'output':>12} {'params':>11} {'MFLOPs':>9}")
+    for layer in spec.layers:
+        shape = "x".join(str(v) for v in layer.out_shape)
+        print(
+            f"{layer.name:<24} {layer.op:<14} {shape:>12} {layer.params:>11,} {layer.flops / 1e6:>9.2f}"
+        )
+    print(f"parameters: {spec.param_count:,}")
+    print(
+        f"forward FLOPs per image: {spec.forward_flops:,} ({spec.forward_flops / 1e9:.3f} G; 2 x MACs of conv and dense)"
+    )
+    for name, count in counts.items():
+        verdict = (
+            "equal to the spec"
+            if count == spec.param_count
+            else f"DIFFERS by {count - spec.param_count:+,}"
+        )
+        print(f"backend {name}: {count:,} parameters, {verdict}")
+
+
+def cmd_rows(args: argparse.Namespace) -> int:
+    from harness.store import load_rows, read_rows
+
+    if args.json:
+        print(json.dumps(read_rows(args.results), indent=1))
+        return EXIT_OK
+    rows = load_rows(args.results)
+    for column in ("curve", "versions"):
+        if column in rows:
+            rows[column] = rows[column].map(json.dumps)
+    sys.stdout.write(rows.to_csv(index=False, lineterminator="\n"))
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from harness.report import write_report
+
+    for path in write_report(args.results):
+        print(path)
+    return EXIT_OK
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    """Download CIFAR-10 in the official Python layout (needs network access)."""
+    try:
+        from torchvision.datasets import CIFAR10
+    except ImportError:
+        raise DataError("wrnbench fetch uses torchvision: pip install -e '.[torch]'") from None
+    for train in (True, False):
+        CIFAR10(root=args.data_dir, train=train, download=True)
+    print(f"{args.data_dir}/cifar-10-batches-py")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wrnbench", description="Wide ResNet benchmarks across frameworks"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="train and evaluate one configuration, store its row")
+    add_run_options(run)
+    run.add_argument("--results", default=DEFAULT_RESULTS, help="results folder [results]")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--json", action="store_true", help="print the row as JSON")
+    run.set_defaults(handler=cmd_run)
+
+    spec = commands.add_parser("spec", help="layer table, parameters and FLOPs of a WRN")
+    spec.add_argument("--depth", required=True, help="6n+4")
+    spec.add_argument("--width", required=True, help="widen factor k")
+    spec.add_argument("--dropout", default="0", help="dropout rate [0]")
+    spec.add_argument(
+        "--backends",
+        help=f"comma-separated backends to build and count: {','.join(registry.names())}",
+    )
+    spec.add_argument("--json", action="store_true")
+    spec.set_defaults(handler=cmd_spec)
+
+    rows = commands.add_parser("rows", help="print the stored rows as CSV or JSON")
+    rows.add_argument("--results", default=DEFAULT_RESULTS)
+    rows.add_argument("--json", action="store_true")
+    rows.set_defaults(handler=cmd_rows)
+
+    report = commands.add_parser("report", help="regenerate the result tables from the rows")
+    report.add_argument("--results", default=DEFAULT_RESULTS)
+    report.set_defaults(handler=cmd_report)
+
+    fetch = commands.add_parser(
+        "fetch", help="download CIFAR-10 (official Python layout) with torchvision"
+    )
+    fetch.add_argument("--data-dir", default=os.environ.get(DATA_DIR_ENV, "data"))
+    fetch.set_defaults(handler=cmd_fetch)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    try:
+        return args.handler(args)
+    except ConfigError as err:
+        for problem in err.problems:
+            print(f"wrnbench: error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    except (SpecError, DataError, registry.BackendUnavailable, KeyError) as err:
+        print(f"wrnbench: error: {err.args[0] if err.args else err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("wrnbench: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
