@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import config as cfg
-from harness.backend import Trainer
+from harness.backend import DeviceUnavailable, Trainer
 from harness.config import RunConfig
 from harness.data import CIFAR10_MEAN, CIFAR10_STD
 from harness.spec import BN_EPSILON, BN_MOMENTUM, POOL_SIZE, STEM_CHANNELS, Block, WRNSpec
@@ -125,7 +125,9 @@ class TorchTrainer(Trainer):
         self.config = config
         self.device = torch.device(config.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"device {config.device} asked for, but torch sees no CUDA device")
+            raise DeviceUnavailable(
+                f"device {config.device} asked for, but torch sees no CUDA device"
+            )
         if config.threads:
             torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)

@@ -19,6 +19,10 @@ from harness.config import RunConfig
 from harness.spec import WRNSpec
 
 
+class DeviceUnavailable(RuntimeError):
+    """The device a configuration asks for is not on this machine."""
+
+
 class Trainer(abc.ABC):
     """One backend's model, optimizer state and compiled steps for one run.
 

@@ -10,6 +10,7 @@ import os
 import sys
 
 from harness import registry
+from harness.backend import DeviceUnavailable
 from harness.config import ConfigError, RunConfig, field_types
 from harness.data import DataError
 from harness.spec import SpecError, WRNSpec
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         for problem in err.problems:
             print(f"wrnbench: error: {problem}", file=sys.stderr)
         return EXIT_USAGE
-    except (SpecError, DataError, registry.BackendUnavailable, KeyError) as err:
+    except (SpecError, DataError, registry.BackendUnavailable, DeviceUnavailable, KeyError) as err:
         print(f"wrnbench: error: {err.args[0] if err.args else err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

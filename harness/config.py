@@ -136,11 +136,12 @@ class RunConfig:
         problems = []
         for f in dataclasses.fields(self):
             try:
-                object.__setattr__(self, f.name, _coerce(f, getattr(self, f.name)))
+                value = _coerce(f, getattr(self, f.name))
             except ConfigError as err:
                 problems += err.problems
-        if not problems:
-            problems = self._check()
+                value = f.default  # so that the other fields can still be checked
+            object.__setattr__(self, f.name, value)
+        problems += self._check()
         if problems:
             raise ConfigError(problems)
 

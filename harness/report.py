@@ -107,6 +107,49 @@ def _markdown(table: pd.DataFrame) -> str:
     return table.to_markdown(index=False, floatfmt=".4g") + "\n"
 
 
+def split_constant(table: pd.DataFrame, columns: list[str]) -> tuple[pd.DataFrame, dict]:
+    """Drop the given columns that hold one value in every row; return them apart."""
+    constant = {
+        c: table[c].iloc[0] for c in columns if c in table and table[c].nunique(dropna=False) == 1
+    }
+    return table.drop(columns=list(constant)), constant
+
+
+ACCURACY_COLUMNS = [
+    "runs",
+    "seeds",
+    "test_acc_median",
+    "test_acc_min",
+    "test_acc_max",
+    "best_test_acc_median",
+]
+SPEED_COLUMNS = [
+    "step_time_ms",
+    "step_time_iqr_ms",
+    "images_per_sec",
+    "compile_time_s",
+    "param_count",
+]
+
+
+def summary_markdown(summary: pd.DataFrame) -> list[str]:
+    if summary.empty:
+        return ["_no successful runs_", ""]
+    varying, constant = split_constant(summary, CONDITION)
+    keys = [c for c in CONDITION if c in varying]
+    common = ", ".join(f"{name} {value}" for name, value in constant.items())
+    return [
+        f"Common to every row: {common}.",
+        "",
+        "### Test accuracy (final, over seeds)",
+        "",
+        _markdown(varying[keys + ACCURACY_COLUMNS]),
+        "### Step time (median over runs of each run's median)",
+        "",
+        _markdown(varying[keys + SPEED_COLUMNS]),
+    ]
+
+
 def write_report(results: str | Path = "results") -> list[Path]:
     """Regenerate the tables and results/README.md; returns the files written."""
     results = Path(results)
@@ -127,7 +170,7 @@ def write_report(results: str | Path = "results") -> list[Path]:
 
     page = ["# Results", "", f"{len(rows)} runs, {len(_ok(rows))} of them successful.", ""]
     page += ["## Conditions", "", *conditions(rows), ""]
-    page += ["## Accuracy and speed per condition", "", _markdown(summary)]
+    page += ["## Accuracy and speed per condition", "", *summary_markdown(summary)]
     page += ["## Failed runs", "", _markdown(failures)]
     (out / "summary.md").write_text("\n".join(page))
     written.append(out / "summary.md")

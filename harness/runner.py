@@ -18,7 +18,7 @@ import traceback
 from dataclasses import dataclass, field
 
 from harness import metadata, registry
-from harness.backend import Trainer
+from harness.backend import DeviceUnavailable, Trainer
 from harness.config import RunConfig
 from harness.data import DataError, Dataset, TrainBatches, eval_batches, load_dataset
 from harness.row import Measured, make_row, new_run_id, now_iso
@@ -48,7 +48,8 @@ def run(config: RunConfig, progress: bool = True) -> dict:
 
     Every failure of the run itself becomes a row with its status and error; a
     KeyboardInterrupt becomes status ``interrupted``. Bad input found before
-    training (data that cannot be read, a framework that is not installed)
+    training (data that cannot be read, a framework or device that is not
+    there)
     raises instead, as no run took place.
     """
     run_id, started_at, began = new_run_id(config), now_iso(), time.perf_counter()
@@ -73,7 +74,7 @@ def run(config: RunConfig, progress: bool = True) -> dict:
             )
         _train(config, trainer, dataset, measured, progress)
         measured.status = "ok"
-    except (DataError, registry.BackendUnavailable):
+    except (DataError, registry.BackendUnavailable, DeviceUnavailable):
         raise  # bad input, not a failed run: the caller reports it and stores no row
     except Diverged as err:
         measured.record_failure("diverged", str(err))
