@@ -7,13 +7,16 @@ import dataclasses
 import json
 import logging
 import os
+import shlex
 import sys
+from pathlib import Path
 
 from harness import registry
 from harness.backend import DeviceUnavailable
 from harness.config import ConfigError, RunConfig, field_types
 from harness.data import DataError
 from harness.spec import SpecError, WRNSpec
+from harness.sweep import SweepError
 
 log = logging.getLogger("wrnbench")
 
@@ -91,6 +94,76 @@ def _print_run_summary(row: dict, path) -> None:
     )
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from harness import sweep
+    from harness.executor import LocalExecutor
+
+    tokens = list(args.grid)
+    grid = sweep.Grid({}, {})
+    if tokens and "=" not in tokens[0]:
+        grid = sweep.load_grid(tokens.pop(0))
+    axes = sweep.parse_axes(tokens)
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)}
+    flags = {name: value for name, value in flags.items() if value is not None}
+    both = sorted(set(flags) & (set(axes.axes) | set(axes.fixed)))
+    if both:
+        raise SweepError(
+            [f"{name} is given both as name=... and as --{name.replace('_', '-')}" for name in both]
+        )
+    grid = grid.merged(axes).merged(sweep.Grid({}, flags))
+    grid = _with_absolute_data_dir(grid)
+    configs = sweep.build_configs(grid)
+
+    if args.dry_run:
+        done = sweep.finished_hashes(args.results, args.retry_failed)
+        for config in configs:
+            state = "done" if config.config_hash in done else "to run"
+            settings = " ".join(f"{k}={getattr(config, k)}" for k in grid.axes)
+            print(f"{config.config_hash}  {state:<6}  {settings}")
+        return EXIT_OK
+
+    if args.executor == "ray":
+        from harness.ray_executor import RayExecutor
+
+        executor = RayExecutor(
+            address=args.address, timeout_s=args.run_timeout, retries=args.node_retries
+        )
+    else:
+        executor = LocalExecutor(timeout_s=args.run_timeout)
+    summary = sweep.run_sweep(
+        configs, args.results, executor, args.retry_failed, not args.no_progress
+    )
+    print(
+        f"sweep: {summary.points} points; {summary.ran} ran, {len(summary.failed)} of them failed; "
+        f"{summary.skipped} already done; {summary.left} left"
+    )
+    for row in summary.failed:
+        print(f"  {sweep.describe_row(row)}: {sweep.row_outcome(row)}", file=sys.stderr)
+    if summary.interrupted:
+        command = " ".join(shlex.quote(arg) for arg in ["wrnbench", *sys.argv[1:]])
+        print(
+            f"interrupted; finished runs are stored. Resume with the same command:\n  {command}",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    if summary.failed:
+        print("some runs failed; rerun them with --retry-failed", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _with_absolute_data_dir(grid):
+    """Default and absolute data folders, so that every run process finds them."""
+    fixed, axes = dict(grid.fixed), dict(grid.axes)
+    if "data_dir" not in fixed and "data_dir" not in axes:
+        fixed["data_dir"] = os.environ.get(DATA_DIR_ENV, "data")
+    if "data_dir" in fixed and fixed["data_dir"] is not None:
+        fixed["data_dir"] = str(Path(str(fixed["data_dir"])).resolve())
+    if "data_dir" in axes:
+        axes["data_dir"] = [str(Path(str(v)).resolve()) for v in axes["data_dir"]]
+    return type(grid)(axes, fixed)
+
+
 def cmd_spec(args: argparse.Namespace) -> int:
     spec = WRNSpec(args.depth, args.width, args.dropout)
     backends = [name for name in (args.backends or "").split(",") if name]
@@ -160,7 +233,7 @@ def cmd_rows(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from harness.report import write_report
 
-    for path in write_report(args.results):
+    for path in write_report(args.results, args.filter):
         print(path)
     return EXIT_OK
 
@@ -191,6 +264,35 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the row as JSON")
     run.set_defaults(handler=cmd_run)
 
+    sweep = commands.add_parser(
+        "sweep",
+        help="run a grid of configurations, each in its own process; resumable",
+        description="Axes are name=v1,v2,... for any run option (depth=16,22 backend=torch,jax); "
+        "a first argument without '=' names a preset or a YAML grid file. Points already in the "
+        "store are skipped, so rerunning a sweep resumes it.",
+    )
+    sweep.add_argument("grid", nargs="*", help="[PRESET | GRID.yaml] [name=v1,v2,...] ...")
+    add_run_options(sweep)
+    sweep.add_argument("--results", default=DEFAULT_RESULTS, help="results folder [results]")
+    sweep.add_argument(
+        "--retry-failed", action="store_true", help="rerun points whose last run failed"
+    )
+    sweep.add_argument(
+        "--run-timeout", type=float, help="seconds a run may take before it is killed"
+    )
+    sweep.add_argument(
+        "--executor", choices=("local", "ray"), default="local", help="where runs execute"
+    )
+    sweep.add_argument("--address", help="ray: the cluster's address [start a local one]")
+    sweep.add_argument(
+        "--node-retries", type=int, default=0, help="ray: reruns of a run whose node died"
+    )
+    sweep.add_argument(
+        "--dry-run", action="store_true", help="list the points and whether each is done"
+    )
+    sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sweep.set_defaults(handler=cmd_sweep)
+
     spec = commands.add_parser("spec", help="layer table, parameters and FLOPs of a WRN")
     spec.add_argument("--depth", required=True, help="6n+4")
     spec.add_argument("--width", required=True, help="widen factor k")
@@ -209,6 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="regenerate the result tables from the rows")
     report.add_argument("--results", default=DEFAULT_RESULTS)
+    report.add_argument(
+        "--filter",
+        help="pandas query on the row columns, e.g. \"backend == 'torch' and depth >= 16\"",
+    )
     report.set_defaults(handler=cmd_report)
 
     fetch = commands.add_parser(
@@ -229,11 +335,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.handler(args)
-    except ConfigError as err:
+    except (ConfigError, SweepError) as err:
         for problem in err.problems:
             print(f"wrnbench: error: {problem}", file=sys.stderr)
         return EXIT_USAGE
-    except (SpecError, DataError, registry.BackendUnavailable, DeviceUnavailable, KeyError) as err:
+    except (
+        SpecError,
+        DataError,
+        registry.BackendUnavailable,
+        DeviceUnavailable,
+        KeyError,
+        ValueError,
+    ) as err:
         print(f"wrnbench: error: {err.args[0] if err.args else err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -233,3 +233,17 @@ def _safe(call):
     except Exception:  # measurement after a failure must not hide the failure
         log.debug("ignored error in %s", call, exc_info=True)
         return None
+
+
+def failed_row(
+    config: RunConfig, status: str, error: str, started_at: str, wall_time_s: float
+) -> dict:
+    """The row of a run whose process ended without giving one (killed, timed out)."""
+    measured = Measured(
+        status=status,
+        error=error,
+        wall_time_s=wall_time_s,
+        spec_param_count=config.spec.param_count,
+        forward_flops=config.spec.forward_flops,
+    )
+    return make_row(new_run_id(config), config, started_at, measured, metadata.machine())

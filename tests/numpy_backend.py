@@ -2,8 +2,8 @@
 
 It is not a WRN, so its models are not called ``spec``: ``linear`` trains a
 linear classifier on the pixels; ``raise`` crashes at step ``FAIL_AT``, ``nan``
-returns a NaN loss there, ``oom`` raises MemoryError there and ``hang``
-sleeps there until it is killed. It lets the runner, sweeps and reports be
+returns a NaN loss there, ``oom`` raises MemoryError there, ``hang``
+sleeps there until it is killed and ``exit`` ends the process at once. It lets the runner, sweeps and reports be
 tested in real processes quickly and without a deep-learning framework.
 Register it in a child process with
 ``WRNBENCH_EXTRA_BACKENDS=tests.numpy_backend:INFO``.
@@ -11,6 +11,7 @@ Register it in a child process with
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -25,7 +26,7 @@ INFO = BackendInfo(
     "tests.numpy_backend",
     requires=("numpy",),
     extra="dev",
-    models=("linear", "raise", "nan", "oom", "hang"),
+    models=("linear", "raise", "nan", "oom", "hang", "exit"),
     precisions=("fp32",),
     devices=("cpu",),
 )
@@ -82,6 +83,8 @@ class LinearTrainer(Trainer):
             raise MemoryError("numpy-test backend pretending to run out of memory")
         if self.config.model == "hang":
             time.sleep(3600)
+        if self.config.model == "exit":
+            os._exit(3)  # the process dies without a row, as a segfault would
 
     def eval_step(self, images, labels):
         _, logits = self._logits(images)

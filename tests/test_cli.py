@@ -161,12 +161,13 @@ def test_run_rows_and_report_end_to_end(tmp_path):
 
     done = wrnbench("report", "--results", results)
     assert done.returncode == 0, done.stderr
-    summary = list(csv.DictReader((tmp_path / "results" / "tables" / "summary.csv").open()))
-    assert [(row["backend"], row["runs"], row["seeds"]) for row in summary] == [
-        ("numpy-test", "2", "0,1")
+    accuracy = list(csv.DictReader((tmp_path / "results" / "tables" / "accuracy.csv").open()))
+    assert [(row["variant"], row["seeds"]) for row in accuracy] == [
+        ("numpy-test (model linear)", "2")
     ]
-    assert "backend numpy-test" in (tmp_path / "results" / "tables" / "summary.md").read_text()
     assert "crashed" in (tmp_path / "results" / "tables" / "failures.csv").read_text()
+    page = (tmp_path / "results" / "report.md").read_text()
+    assert "numpy-test (model linear)" in page and "figures/learning-curves.png" in page
     readme = (tmp_path / "results" / "README.md").read_text()
     assert "`step_time_ms_median`" in readme and "`config_hash`" in readme
 

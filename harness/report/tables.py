@@ -1,0 +1,168 @@
+"""Result tables from stored rows: speed, accuracy over seeds, failures."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+# Settings that change what a step computes; rows that share them are the same
+# workload, whichever backend ran it.
+WORKLOAD = ["model", "depth", "width", "dropout", "batch_size", "precision"]
+# Settings that change what a run learns, besides the seed.
+RECIPE = [
+    "dataset",
+    "model",
+    "depth",
+    "width",
+    "dropout",
+    "optimizer",
+    "lr",
+    "batch_size",
+    "total_steps",
+    "augment",
+    "normalize",
+    "eval_bn",
+    "train_images",
+    "test_images",
+    "precision",
+]
+NOISE_LEVEL = 0.05  # Welch's t-test: a difference with p below this exceeds seed noise
+
+
+def latest_per_point(rows: pd.DataFrame) -> pd.DataFrame:
+    """The last row of each configuration: a retried point replaces its failure."""
+    if rows.empty:
+        return rows
+    ordered = rows.sort_values(["started_at", "run_id"])
+    return ordered.drop_duplicates("config_hash", keep="last").reset_index(drop=True)
+
+
+def with_labels(rows: pd.DataFrame) -> pd.DataFrame:
+    """Add ``variant`` (backend and its speed options) and ``platform`` (where it ran)."""
+    if rows.empty:
+        return rows
+    rows = rows.copy()
+    rows["variant"] = rows.apply(_variant, axis=1)
+    rows["platform"] = rows.apply(_platform, axis=1)
+    return rows
+
+
+def _variant(row) -> str:
+    options = [name for name in ("channels_last", "compile") if row.get(name) is True]
+    if row.get("model") not in (None, "spec"):
+        options.insert(0, f"model {row['model']}")
+    return f"{row['backend']} ({', '.join(options)})" if options else str(row["backend"])
+
+
+def _platform(row) -> str:
+    threads = row.get("threads")
+    on = f"{row['device_name']} [{row['device']}]"
+    if row.get("device") == "cpu":
+        on += f", {int(threads) if _present(threads) else row['cpu_count']} threads"
+    return f"{on} on {row['hostname']}"
+
+
+def _present(value) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def ok_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows[rows["status"] == "ok"] if not rows.empty else rows
+
+
+def speed_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Step time per variant for each workload and platform, with the ratio to the fastest."""
+    timed = ok_rows(rows)
+    timed = timed[timed["step_time_ms_median"].notna()] if not timed.empty else timed
+    if timed.empty:
+        return pd.DataFrame()
+    keys = ["platform", *WORKLOAD]
+    table = (
+        timed.groupby([*keys, "variant"], dropna=False, sort=True)
+        .agg(
+            runs=("run_id", "count"),
+            param_count=("param_count", "first"),
+            forward_flops=("forward_flops", "first"),
+            step_time_ms=("step_time_ms_median", "median"),
+            step_time_iqr_ms=("step_time_ms_iqr", "median"),
+            images_per_sec=("images_per_sec", "median"),
+            compile_time_s=("compile_time_s", "median"),
+        )
+        .reset_index()
+    )
+    fastest = table.groupby(keys, dropna=False)["step_time_ms"].transform("min")
+    table.insert(
+        table.columns.get_loc("step_time_ms") + 1,
+        "ratio_to_fastest",
+        table["step_time_ms"] / fastest,
+    )
+    return table
+
+
+def accuracy_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Final test accuracy per recipe and variant over seeds, and whether variants differ."""
+    done = ok_rows(rows)
+    done = done[done["final_test_acc"].notna()] if not done.empty else done
+    if done.empty:
+        return pd.DataFrame()
+    table = (
+        done.groupby([*RECIPE, "variant"], dropna=False, sort=True)
+        .agg(
+            seeds=("seed", "nunique"),
+            test_acc_median=("final_test_acc", "median"),
+            test_acc_min=("final_test_acc", "min"),
+            test_acc_max=("final_test_acc", "max"),
+            test_acc_std=("final_test_acc", "std"),
+            best_test_acc_median=("best_test_acc", "median"),
+            param_count=("param_count", "first"),
+        )
+        .reset_index()
+    )
+    verdicts = [_against_reference(done, row) for row in table.itertuples(index=False)]
+    table["reference"], table["diff_vs_reference"], table["p_value"], table["beyond_seed_noise"] = (
+        zip(*verdicts, strict=True)
+    )
+    return table
+
+
+def reference_variant(variants) -> str:
+    """The variant others are compared with: plain torch where present."""
+    variants = sorted(set(variants))
+    return "torch" if "torch" in variants else variants[0]
+
+
+def _against_reference(done: pd.DataFrame, row) -> tuple:
+    same = done
+    for key in RECIPE:
+        value = getattr(row, key)
+        same = same[same[key].isna()] if not _present(value) else same[same[key] == value]
+    reference = reference_variant(same["variant"])
+    if row.variant == reference:
+        return reference, None, None, ""
+    ours = same.loc[same["variant"] == row.variant, "final_test_acc"].to_numpy()
+    theirs = same.loc[same["variant"] == reference, "final_test_acc"].to_numpy()
+    diff = float(np.median(ours) - np.median(theirs))
+    if len(ours) < 2 or len(theirs) < 2:
+        return reference, diff, None, "unknown (needs 2+ seeds each)"
+    if np.ptp(ours) == 0 and np.ptp(theirs) == 0:
+        return reference, diff, None, "yes" if diff else "no"
+    p_value = float(stats.ttest_ind(ours, theirs, equal_var=False).pvalue)
+    return reference, diff, p_value, "yes" if p_value < NOISE_LEVEL else "no"
+
+
+def failures_table(rows: pd.DataFrame) -> pd.DataFrame:
+    if rows.empty:
+        return pd.DataFrame()
+    failed = rows[rows["status"] != "ok"]
+    columns = ["run_id", "variant", "depth", "width", "dropout", "seed", "status", "error"]
+    table = failed[columns].copy()
+    table["error"] = table["error"].fillna("").map(_last_line)
+    return table.sort_values("run_id").reset_index(drop=True)
+
+
+def _last_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[-1] if lines else ""

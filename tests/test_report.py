@@ -1,0 +1,147 @@
+"""Reports regenerated from stored rows: determinism, filters, platforms, seed noise."""
+
+import hashlib
+import json
+
+import pandas as pd
+import pytest
+
+from harness import registry, runner, store
+from harness.config import RunConfig
+from harness.report import ReportError, write_report
+from harness.report.tables import accuracy_table, latest_per_point, speed_table, with_labels
+from tests import numpy_backend
+
+registry.register(numpy_backend.INFO)
+
+
+@pytest.fixture(scope="module")
+def base_rows():
+    """Real rows of short numpy-test runs over two widths and three seeds."""
+    rows = []
+    for width in (1, 2):
+        for seed in (0, 1, 2):
+            config = RunConfig(
+                backend="numpy-test",
+                model="linear",
+                depth=10,
+                width=width,
+                seed=seed,
+                dataset="synthetic",
+                train_size=500,
+                test_size=100,
+                batch_size=50,
+                steps=12,
+                eval_every=6,
+                warmup_steps=1,
+            )
+            rows.append(runner.run(config, progress=False))
+    return rows
+
+
+def store_rows(folder, rows):
+    for row in rows:
+        store.write_row(folder, row)
+    return folder
+
+
+def variant_rows(rows, backend, accuracy_shift=0.0, host=None, step_scale=1.0):
+    """Copies of rows as another backend or machine would have written them."""
+    out = []
+    for row in rows:
+        copy = dict(row, backend=backend, run_id=row["run_id"] + backend + (host or ""))
+        copy["config_hash"] = hashlib.sha256((row["config_hash"] + backend).encode()).hexdigest()[
+            :16
+        ]
+        copy["final_test_acc"] = row["final_test_acc"] + accuracy_shift + 0.001 * row["seed"]
+        copy["step_time_ms_median"] = row["step_time_ms_median"] * step_scale
+        if host:
+            copy["hostname"] = host
+        out.append(copy)
+    return out
+
+
+def digest(folder):
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and "rows" not in p.parts
+    }
+
+
+def test_report_is_byte_identical_when_regenerated(tmp_path, base_rows):
+    folder = store_rows(
+        tmp_path, base_rows + variant_rows(base_rows, "other", 0.05, step_scale=2.0)
+    )
+    first = write_report(folder)
+    before = digest(folder)
+    write_report(folder)
+    assert digest(folder) == before
+    names = {p.name for p in first}
+    assert {"speed.csv", "accuracy.md", "report.md", "README.md", "learning-curves.png"} <= names
+    assert any(name.startswith("ratio-") for name in names)
+
+
+def test_speed_table_gives_the_ratio_to_the_fastest_backend(base_rows):
+    rows = with_labels(pd.DataFrame(base_rows + variant_rows(base_rows, "other", step_scale=3.0)))
+    table = speed_table(rows)
+    slow = table[table["variant"] == "other (model linear)"]
+    fast = table[table["variant"] == "numpy-test (model linear)"]
+    assert list(fast["ratio_to_fastest"]) == [1.0, 1.0]
+    assert list(slow["ratio_to_fastest"]) == pytest.approx([3.0, 3.0])
+
+
+def test_accuracy_difference_beyond_seed_noise_is_flagged(base_rows):
+    # The reference is plain torch where present, else the first variant by name: numpy-test here.
+    rows = base_rows + variant_rows(base_rows, "x-far", 0.2) + variant_rows(base_rows, "x-near", 0.0)
+    table = accuracy_table(with_labels(pd.DataFrame(rows)))
+    verdict = dict(
+        zip(
+            zip(table["variant"], table["width"], strict=True),
+            table["beyond_seed_noise"],
+            strict=True,
+        )
+    )
+    assert verdict[("numpy-test (model linear)", 1)] == ""  # the reference itself
+    assert verdict[("x-far (model linear)", 1)] == "yes"
+    assert verdict[("x-near (model linear)", 1)] == "no"
+    assert (table["seeds"] == 3).all()
+
+
+def test_rows_from_two_machines_are_never_mixed_in_one_speed_figure(tmp_path, base_rows):
+    other_machine = variant_rows(base_rows, "numpy-test", host="elsewhere", step_scale=5.0)
+    for row in other_machine:  # same backend, same workload: only the machine differs
+        row["config_hash"] = row["config_hash"][::-1]
+    folder = store_rows(tmp_path, base_rows + other_machine)
+    write_report(folder)
+    figures = sorted(p.name for p in (folder / "figures").glob("step-time-*.png"))
+    assert len(figures) == 2 and any("elsewhere" in name for name in figures)
+    speed = pd.read_csv(folder / "tables" / "speed.csv")
+    assert set(speed["ratio_to_fastest"]) == {1.0}  # each machine only against itself
+    assert "elsewhere" in (folder / "report.md").read_text()
+
+
+def test_filter_narrows_the_rows_and_a_bad_filter_is_explained(tmp_path, base_rows):
+    folder = store_rows(tmp_path, base_rows)
+    write_report(folder, "width == 2")
+    runs = pd.read_csv(folder / "tables" / "runs.csv")
+    assert set(runs["width"]) == {2} and len(runs) == 3
+    assert "--filter width == 2" in (folder / "report.md").read_text()
+    with pytest.raises(ReportError, match="not a valid pandas query"):
+        write_report(folder, "width ==")
+
+
+def test_a_retried_point_replaces_its_failure(base_rows):
+    failed = dict(
+        base_rows[0], status="crashed", run_id="0-failed", started_at="2000-01-01T00:00:00+00:00"
+    )
+    latest = latest_per_point(pd.DataFrame([failed, *base_rows]))
+    assert len(latest) == len(base_rows) and (latest["status"] == "ok").all()
+
+
+def test_every_row_column_is_described(tmp_path, base_rows):
+    folder = store_rows(tmp_path, base_rows[:1])
+    write_report(folder)
+    readme = (folder / "README.md").read_text()
+    for column in json.loads(json.dumps(base_rows[0])):
+        assert f"`{column}`" in readme
