@@ -250,6 +250,17 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_parity(args: argparse.Namespace) -> int:
+    from harness import parity
+
+    spec = WRNSpec(args.depth, args.width, args.dropout)
+    backends = [name for name in args.backends.split(",") if name]
+    tolerance = parity.Tolerance(rtol=args.rtol, atol=args.atol)
+    report = parity.run_parity(backends, spec, args.batch_size, args.seed, tolerance)
+    print(report.table())
+    return EXIT_OK if report.passed else EXIT_FAILED
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wrnbench", description="Wide ResNet benchmarks across frameworks"
@@ -303,6 +314,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     spec.add_argument("--json", action="store_true")
     spec.set_defaults(handler=cmd_spec)
+
+    from harness import parity as parity_check  # imports no framework
+
+    parity = commands.add_parser(
+        "parity",
+        help="check that backends compute the same outputs and step from the same weights",
+        description=parity_check.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parity.add_argument("--backends", default="torch,jax", help="the first is the reference")
+    parity.add_argument("--depth", required=True, help="6n+4")
+    parity.add_argument("--width", required=True, help="widen factor k")
+    parity.add_argument("--dropout", default="0", help="dropout rate of the evaluation check [0]")
+    parity.add_argument(
+        "--batch-size", type=int, default=parity_check.DEFAULT_BATCH, help="images [%(default)s]"
+    )
+    parity.add_argument("--seed", type=int, default=0, help="seed of the shared weights [0]")
+    parity.add_argument(
+        "--rtol",
+        type=float,
+        default=parity_check.DEFAULT_RTOL,
+        help="tolerance relative to max|reference| [%(default)g]",
+    )
+    parity.add_argument(
+        "--atol", type=float, default=parity_check.DEFAULT_ATOL, help="added to it [%(default)g]"
+    )
+    parity.set_defaults(handler=cmd_parity)
 
     rows = commands.add_parser("rows", help="print the stored rows as CSV or JSON")
     rows.add_argument("--results", default=DEFAULT_RESULTS)

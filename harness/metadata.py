@@ -64,6 +64,7 @@ def machine() -> dict:
         "cpu_count": usable_cpus(),
         "python_version": sys.version.split()[0],
         "numpy_version": np.__version__,
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "git_commit": commit,
         "git_dirty": dirty,
     }

@@ -102,6 +102,7 @@ METADATA_COLUMNS = {
     "cpu_count": "CPUs usable by the process",
     "python_version": "Python version",
     "numpy_version": "numpy version",
+    "omp_num_threads": "OMP_NUM_THREADS of the run's process, where set (Ray sets it to a task's CPUs)",
     "git_commit": "commit of the harness",
     "git_dirty": "true if tracked files differed from the commit",
 }

@@ -279,8 +279,9 @@ def run_sweep(
         total=len(todo), unit="run", desc="sweep", disable=not (progress and sys.stderr.isatty())
     )
     began = time.perf_counter()
+    rows = executor.run(pending())
     try:
-        for row in executor.run(pending()):
+        for row in rows:
             write_row(results, row)
             summary.ran += 1
             if row["status"] != "ok":
@@ -289,6 +290,7 @@ def run_sweep(
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
+        rows.close()  # lets the executor stop what it still runs
         bar.close()
     return summary
 

@@ -3,7 +3,7 @@
 It is not a WRN, so its models are not called ``spec``: ``linear`` trains a
 linear classifier on the pixels; ``raise`` crashes at step ``FAIL_AT``, ``nan``
 returns a NaN loss there, ``oom`` raises MemoryError there, ``hang``
-sleeps there until it is killed and ``exit`` ends the process at once. It lets the runner, sweeps and reports be
+sleeps there until it is killed and ``exit`` ends the process at once. ``slow`` is ``linear`` with a 20 ms pause per step. It lets the runner, sweeps and reports be
 tested in real processes quickly and without a deep-learning framework.
 Register it in a child process with
 ``WRNBENCH_EXTRA_BACKENDS=tests.numpy_backend:INFO``.
@@ -26,11 +26,12 @@ INFO = BackendInfo(
     "tests.numpy_backend",
     requires=("numpy",),
     extra="dev",
-    models=("linear", "raise", "nan", "oom", "hang", "exit"),
+    models=("linear", "slow", "raise", "nan", "oom", "hang", "exit"),
     precisions=("fp32",),
     devices=("cpu",),
 )
 FAIL_AT = 3
+SLOW_STEP_S = 0.02
 FEATURES = 32 * 32 * 3
 
 
@@ -75,6 +76,8 @@ class LinearTrainer(Trainer):
         return float("nan") if self.config.model == "nan" and self.steps > FAIL_AT else float(loss)
 
     def _maybe_fail(self) -> None:
+        if self.config.model == "slow":
+            time.sleep(SLOW_STEP_S)
         if self.steps < FAIL_AT:
             return
         if self.config.model == "raise":

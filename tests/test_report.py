@@ -93,7 +93,9 @@ def test_speed_table_gives_the_ratio_to_the_fastest_backend(base_rows):
 
 def test_accuracy_difference_beyond_seed_noise_is_flagged(base_rows):
     # The reference is plain torch where present, else the first variant by name: numpy-test here.
-    rows = base_rows + variant_rows(base_rows, "x-far", 0.2) + variant_rows(base_rows, "x-near", 0.0)
+    rows = (
+        base_rows + variant_rows(base_rows, "x-far", 0.2) + variant_rows(base_rows, "x-near", 0.0)
+    )
     table = accuracy_table(with_labels(pd.DataFrame(rows)))
     verdict = dict(
         zip(

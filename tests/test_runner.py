@@ -45,6 +45,7 @@ def test_a_run_fills_every_measured_column():
         "test_size",
         "threads",
         "lr",
+        "omp_num_threads",
     }
     empty = {name for name, value in row.items() if value is None} - allowed_null
     assert not empty

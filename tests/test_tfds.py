@@ -39,4 +39,4 @@ def test_a_run_on_tfds_data_records_its_source(tmp_path):
 def test_missing_tfds_data_is_a_clear_error_and_nothing_is_downloaded(tmp_path):
     with pytest.raises(DataError, match="no prepared tfds cifar10 .* tfds build cifar10"):
         load_dataset("tfds", tmp_path / "empty")
-    assert not any((tmp_path).iterdir())
+    assert not [path for path in tmp_path.rglob("*") if path.is_file()]

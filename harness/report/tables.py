@@ -58,10 +58,12 @@ def _variant(row) -> str:
 
 
 def _platform(row) -> str:
-    threads = row.get("threads")
     on = f"{row['device_name']} [{row['device']}]"
     if row.get("device") == "cpu":
-        on += f", {int(threads) if _present(threads) else row['cpu_count']} threads"
+        for threads in (row.get("threads"), row.get("omp_num_threads"), row.get("cpu_count")):
+            if _present(threads):
+                on += f", {int(threads)} threads"
+                break
     return f"{on} on {row['hostname']}"
 
 
