@@ -27,6 +27,7 @@ from harness.backend import DeviceUnavailable, Trainer
 from harness.config import RunConfig
 from harness.data import CIFAR10_MEAN, CIFAR10_STD
 from harness.spec import BN_EPSILON, BN_MOMENTUM, POOL_SIZE, STEM_CHANNELS, Block, WRNSpec
+from harness.timing import best_time
 
 _TORCH_SUFFIX = {
     "scale": "weight",
@@ -130,6 +131,10 @@ class TorchTrainer(Trainer):
             )
         if config.threads:
             torch.set_num_threads(config.threads)
+        if self.device.type == "cuda":
+            # fp32 means fp32: no TF32 in convolutions or matrix products.
+            torch.backends.cudnn.allow_tf32 = config.precision != "fp32"
+            torch.backends.cuda.matmul.allow_tf32 = config.precision != "fp32"
         torch.manual_seed(config.seed)
 
         self.memory_format = (
@@ -149,15 +154,44 @@ class TorchTrainer(Trainer):
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _inputs(self, images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.from_numpy(images).to(self.device, non_blocking=True)
+    def _inputs(self, images, labels) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self._upload_images(images)
         # NHWC uint8 -> NCHW float; the permuted view already has channels-last strides.
         x = x.permute(0, 3, 1, 2).float()
         if self.config.normalize:
             x = (x - self.mean) / self.std
         x = x.contiguous(memory_format=self.memory_format)
-        y = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(self.device, non_blocking=True)
+        y = labels if isinstance(labels, torch.Tensor) else self._upload_labels(labels)
         return x, y
+
+    def _upload_images(self, images) -> torch.Tensor:
+        if isinstance(images, torch.Tensor):
+            return images
+        return torch.from_numpy(images).to(self.device, non_blocking=True)
+
+    def _upload_labels(self, labels) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(
+            self.device, non_blocking=True
+        )
+
+    def device_batch(self, images, labels):
+        return self._upload_images(images), self._upload_labels(labels)
+
+    def infer_step(self, images):
+        x, _ = self._inputs(images, torch.zeros(0, dtype=torch.int64))
+        self.model.eval()
+        try:
+            with torch.inference_mode(), self._autocast():
+                return self.forward(x)
+        finally:
+            self.model.train()
+
+    def matmul_flops(self) -> float:
+        size = 8192 if self.device.type == "cuda" else 2048
+        dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float32
+        a = torch.randn(size, size, device=self.device, dtype=dtype)
+        b = torch.randn(size, size, device=self.device, dtype=dtype)
+        return 2 * size**3 / best_time(lambda: a @ b, self.sync)
 
     def param_count(self) -> int:
         return sum(p.numel() for p in self.model.parameters())

@@ -61,6 +61,25 @@ class Trainer(abc.ABC):
         """
         return None
 
+    def device_batch(self, images: np.ndarray, labels: np.ndarray) -> tuple[Any, Any]:
+        """Copy a batch to the device once, for benchmarks.
+
+        ``train_step`` and ``infer_step`` accept the two values returned in
+        place of numpy arrays, and then skip the host-to-device copy.
+        """
+        return images, labels
+
+    def infer_step(self, images: Any) -> Any:
+        """Forward pass in evaluation mode; returns the logits as a device value."""
+        raise NotImplementedError(f"{type(self).__name__} has no inference step")
+
+    def matmul_flops(self) -> float | None:
+        """FLOP/s of large square matrix products in this framework, device and precision.
+
+        Measured on the spot: the peak a network's achieved FLOP/s is compared with.
+        """
+        return None
+
     @abc.abstractmethod
     def device_name(self) -> str:
         """The device the steps run on, as the framework names it."""

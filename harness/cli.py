@@ -95,30 +95,71 @@ def _print_run_summary(row: dict, path) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    return _execute(args, _sweep_configs(args))
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from harness.sweep import Grid
+
+    fixed = {
+        "mode": "bench-infer" if args.inference else "bench",
+        "dataset": "synthetic",
+        "steps": 30,
+    }
+    fixed.update(depth=16, width=4, batch_size=128)
+    installed = [n for n in registry.names() if registry.info(n).module.startswith("backends.")]
+    installed = [n for n in installed if registry.is_available(n)]
+    defaults = Grid({"backend": installed, "repeat": list(range(args.repeats))}, fixed)
+    configs = _sweep_configs(args, defaults)
+    code = _execute(args, configs)
+    if not args.dry_run:
+        _print_speed(args.results, {c.config_hash for c in configs})
+    return code
+
+
+def _print_speed(results: str, hashes: set[str]) -> None:
+    from harness.report import select_rows
+    from harness.report.tables import speed_table
+
+    rows = select_rows(results)
+    table = speed_table(rows[rows["config_hash"].isin(hashes)]) if not rows.empty else rows
+    if table.empty:
+        return
+    columns = [
+        "variant",
+        "depth",
+        "width",
+        "batch_size",
+        "precision",
+        "runs",
+        "step_time_ms",
+        "step_time_iqr_ms",
+        "ratio_to_fastest",
+        "images_per_sec",
+        "compile_time_s",
+        "achieved_tflops",
+        "matmul_peak_tflops",
+        "peak_fraction",
+    ]
+    for platform, group in table.groupby("platform"):
+        print(f"\n{platform}")
+        print(
+            group[[c for c in columns if c in group]].to_string(
+                index=False, float_format=lambda v: f"{v:.4g}"
+            )
+        )
+
+
+def _execute(args: argparse.Namespace, configs: list[RunConfig]) -> int:
     from harness import sweep
     from harness.executor import LocalExecutor
 
-    tokens = list(args.grid)
-    grid = sweep.Grid({}, {})
-    if tokens and "=" not in tokens[0]:
-        grid = sweep.load_grid(tokens.pop(0))
-    axes = sweep.parse_axes(tokens)
-    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)}
-    flags = {name: value for name, value in flags.items() if value is not None}
-    both = sorted(set(flags) & (set(axes.axes) | set(axes.fixed)))
-    if both:
-        raise SweepError(
-            [f"{name} is given both as name=... and as --{name.replace('_', '-')}" for name in both]
-        )
-    grid = grid.merged(axes).merged(sweep.Grid({}, flags))
-    grid = _with_absolute_data_dir(grid)
-    configs = sweep.build_configs(grid)
-
     if args.dry_run:
         done = sweep.finished_hashes(args.results, args.retry_failed)
+        varying = [k for k in RunConfig().to_dict() if len({getattr(c, k) for c in configs}) > 1]
         for config in configs:
             state = "done" if config.config_hash in done else "to run"
-            settings = " ".join(f"{k}={getattr(config, k)}" for k in grid.axes)
+            settings = " ".join(f"{k}={getattr(config, k)}" for k in varying)
             print(f"{config.config_hash}  {state:<6}  {settings}")
         return EXIT_OK
 
@@ -150,6 +191,27 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print("some runs failed; rerun them with --retry-failed", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _sweep_configs(args: argparse.Namespace, defaults=None) -> list[RunConfig]:
+    """Defaults, then preset or YAML grids, then name=values axes, then --flags, each overriding."""
+    from harness import sweep
+
+    tokens = list(args.grid)
+    defaults = defaults or sweep.Grid({}, {})
+    grids = [defaults]
+    if tokens and "=" not in tokens[0]:
+        grids = [defaults.merged(g) for g in sweep.load_grid(tokens.pop(0))]
+    axes = sweep.parse_axes(tokens)
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)}
+    flags = {name: value for name, value in flags.items() if value is not None}
+    both = sorted(set(flags) & (set(axes.axes) | set(axes.fixed)))
+    if both:
+        raise SweepError(
+            [f"{name} is given both as name=... and as --{name.replace('_', '-')}" for name in both]
+        )
+    grids = [_with_absolute_data_dir(g.merged(axes).merged(sweep.Grid({}, flags))) for g in grids]
+    return sweep.build_configs(grids)
 
 
 def _with_absolute_data_dir(grid):
@@ -261,6 +323,30 @@ def cmd_parity(args: argparse.Namespace) -> int:
     return EXIT_OK if report.passed else EXIT_FAILED
 
 
+def _add_execution_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results", default=DEFAULT_RESULTS, help="results folder [results]")
+    parser.add_argument(
+        "--retry-failed", action="store_true", help="rerun points whose last run failed"
+    )
+    parser.add_argument(
+        "--run-timeout", type=float, help="seconds a run may take before it is killed"
+    )
+    parser.add_argument(
+        "--executor", choices=("local", "ray"), default="local", help="where runs execute"
+    )
+    parser.add_argument("--address", help="ray: the cluster's address [start a local one]")
+    parser.add_argument(
+        "--node-retries", type=int, default=0, help="ray: reruns of a run whose node died"
+    )
+    parser.add_argument(
+        "--cpus-per-run", type=float, help="ray: CPUs a CPU run asks for [threads or 1]"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="list the points and whether each is done"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wrnbench", description="Wide ResNet benchmarks across frameworks"
@@ -284,25 +370,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("grid", nargs="*", help="[PRESET | GRID.yaml] [name=v1,v2,...] ...")
     add_run_options(sweep)
-    sweep.add_argument("--results", default=DEFAULT_RESULTS, help="results folder [results]")
-    sweep.add_argument(
-        "--retry-failed", action="store_true", help="rerun points whose last run failed"
-    )
-    sweep.add_argument(
-        "--run-timeout", type=float, help="seconds a run may take before it is killed"
-    )
-    sweep.add_argument(
-        "--executor", choices=("local", "ray"), default="local", help="where runs execute"
-    )
-    sweep.add_argument("--address", help="ray: the cluster's address [start a local one]")
-    sweep.add_argument(
-        "--node-retries", type=int, default=0, help="ray: reruns of a run whose node died"
-    )
-    sweep.add_argument(
-        "--dry-run", action="store_true", help="list the points and whether each is done"
-    )
-    sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_execution_options(sweep)
     sweep.set_defaults(handler=cmd_sweep)
+
+    bench = commands.add_parser(
+        "bench",
+        help="speed only: steps on a synthetic batch on the device, in fresh processes",
+        description="Benchmarks every installed backend (or backend=...) on WRN-16-4 at batch 128 "
+        "unless told otherwise; axes and options as for sweep. Each point runs in a fresh process, "
+        "backends interleaved; rows go to the store with mode bench.",
+    )
+    bench.add_argument("grid", nargs="*", help="[PRESET | GRID.yaml] [name=v1,v2,...] ...")
+    add_run_options(bench)
+    bench.add_argument(
+        "--repeats", type=int, default=3, help="fresh-process repeats of each point [3]"
+    )
+    bench.add_argument("--inference", action="store_true", help="time forward passes only")
+    _add_execution_options(bench)
+    bench.set_defaults(handler=cmd_bench)
 
     spec = commands.add_parser("spec", help="layer table, parameters and FLOPs of a WRN")
     spec.add_argument("--depth", required=True, help="6n+4")

@@ -23,6 +23,7 @@ OPTIMIZERS = ("sgd", "adam")
 DATASETS = ("cifar10", "tfds", "synthetic")
 PRECISIONS = ("fp32", "bf16")
 EVAL_BN_MODES = ("running", "batch")
+MODES = ("train", "bench", "bench-infer")
 DEFAULT_EPOCHS = 200
 DEFAULT_EVALS_PER_RUN = 10
 
@@ -131,6 +132,17 @@ class RunConfig:
     threads: int | None = field(
         default=None, metadata={"help": "CPU threads for the framework [its default]"}
     )
+    # What the run does.
+    mode: str = field(
+        default="train",
+        metadata={
+            "help": "train (the full run), bench (train steps on one synthetic batch kept on the "
+            "device, no evaluation) or bench-infer (forward passes only)"
+        },
+    )
+    repeat: int = field(
+        default=0, metadata={"help": "index of a repeated measurement; changes nothing computed"}
+    )
 
     def __post_init__(self):
         problems = []
@@ -158,6 +170,9 @@ class RunConfig:
         problems += _check_choice("dataset", self.dataset, DATASETS)
         problems += _check_choice("precision", self.precision, PRECISIONS)
         problems += _check_choice("eval_bn", self.eval_bn, EVAL_BN_MODES)
+        problems += _check_choice("mode", self.mode, MODES)
+        if self.repeat < 0:
+            problems.append(f"repeat must be >= 0; got {self.repeat}")
         for name in (
             "batch_size",
             "eval_batch_size",

@@ -65,6 +65,17 @@ class Measured:
         "first_step: wall time of the first step (tracing, compilation and one step); "
         "aot: ahead-of-time lower and compile of the train step alone"
     )
+    achieved_tflops: float | None = _doc(
+        "bench modes: the spec's FLOPs per step (3 x forward for a train step) / median step time, in TFLOP/s"
+    )
+    matmul_peak_tflops: float | None = _doc(
+        "bench modes: TFLOP/s of large square matrix products in the same framework, device and "
+        "precision, measured in the same process"
+    )
+    peak_fraction: float | None = _doc("bench modes: achieved_tflops / matmul_peak_tflops")
+    vendor_peak_tflops: float | None = _doc(
+        "bench modes: the vendor's dense peak for the device and precision"
+    )
     data_wait_s: float | None = _doc("time the training loop waited for the data pipeline")
     train_time_s: float | None = _doc("wall time of the training loop, evaluations excluded")
     eval_time_s: float | None = _doc("wall time of all evaluations")

@@ -20,13 +20,15 @@ from dataclasses import dataclass, field
 from harness import metadata, registry
 from harness.backend import DeviceUnavailable, Trainer
 from harness.config import RunConfig
-from harness.data import DataError, Dataset, TrainBatches, eval_batches, load_dataset
+from harness.data import DataError, Dataset, TrainBatches, eval_batches, load_dataset, synthetic
+from harness.hardware import vendor_peak_tflops
 from harness.row import Measured, make_row, new_run_id, now_iso
 from harness.timing import TimeStats
 
 log = logging.getLogger(__name__)
 
 ERROR_LINES = 20
+DEFAULT_BENCH_STEPS = 30
 
 
 class Diverged(RuntimeError):
@@ -58,9 +60,11 @@ def run(config: RunConfig, progress: bool = True) -> dict:
     )
     trainer: Trainer | None = None
     try:
-        dataset = load_dataset(config.dataset, config.data_dir).limited(
-            config.train_size, config.test_size
-        )
+        dataset = None
+        if config.mode == "train":
+            dataset = load_dataset(
+                config.dataset, config.data_dir, config.train_size, config.test_size
+            )
         backend = registry.load(config.backend)
         measured.versions = backend.versions()
         measured.framework_version = next(iter(measured.versions.values()), None)
@@ -72,7 +76,10 @@ def run(config: RunConfig, progress: bool = True) -> dict:
                 f"backend {config.backend} built {measured.param_count:,} parameters; "
                 f"the spec has {measured.spec_param_count:,}"
             )
-        _train(config, trainer, dataset, measured, progress)
+        if dataset is None:
+            _bench(config, trainer, measured)
+        else:
+            _train(config, trainer, dataset, measured, progress)
         measured.status = "ok"
     except (DataError, registry.BackendUnavailable, DeviceUnavailable):
         raise  # bad input, not a failed run: the caller reports it and stores no row
@@ -139,6 +146,48 @@ def _train(
         bar.close()
         measured.data_wait_s = batches.wait_s
         _summarize_steps(config, measured, totals)
+
+
+def _bench(config: RunConfig, trainer: Trainer, measured: Measured) -> None:
+    """Steps on one synthetic batch already on the device: the backend's speed alone."""
+    inference = config.mode == "bench-infer"
+    total = config.steps or DEFAULT_BENCH_STEPS
+    split = synthetic(config.batch_size, 1).train
+    images, labels = trainer.device_batch(split.images, split.labels)
+    if not inference:
+        aot = trainer.compile(split.images, split.labels)
+        if aot is not None:
+            measured.compile_time_s, measured.compile_method = aot, "aot"
+    totals = _Progress()
+    measured.total_steps = total
+    for step in range(total):
+        began = time.perf_counter()
+        if inference:
+            trainer.infer_step(images)
+        else:
+            loss = trainer.train_step(images, labels, config.lr_at(step, total))
+        trainer.sync()
+        _record_step(config, measured, totals, step, time.perf_counter() - began)
+        measured.steps_done = step + 1
+    if not inference and not math.isfinite(trainer.to_float(loss)):
+        raise Diverged(f"training loss became {trainer.to_float(loss)} in the benchmark")
+    _summarize_steps(config, measured, totals)
+    _efficiency(config, trainer, measured, inference)
+
+
+def _efficiency(config: RunConfig, trainer: Trainer, measured: Measured, inference: bool) -> None:
+    """Achieved FLOP/s from the spec, against the framework's measured matmul peak."""
+    if measured.step_time_ms_median is None:
+        return
+    per_image = config.spec.forward_flops if inference else config.spec.train_flops
+    measured.achieved_tflops = (
+        per_image * config.batch_size / (measured.step_time_ms_median / 1e3) / 1e12
+    )
+    peak = trainer.matmul_flops()
+    if peak:
+        measured.matmul_peak_tflops = peak / 1e12
+        measured.peak_fraction = measured.achieved_tflops / measured.matmul_peak_tflops
+    measured.vendor_peak_tflops = vendor_peak_tflops(measured.device_name, config.precision)
 
 
 def _record_step(

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 FINISHED = tuple(s for s in STATUSES if s != "interrupted")
 FAILED = tuple(s for s in FINISHED if s != "ok")
 
-PRESETS: dict[str, dict] = {
+PRESETS: dict[str, dict | list[dict]] = {
     # The README's main job: WRN-16-4 with dropout 0.3, as in the first command.
     "main": {
         "backend": "torch",
@@ -69,6 +69,29 @@ PRESETS: dict[str, dict] = {
         "test_size": 1000,
         "augment": False,
     },
+    # Speed benchmarks (`wrnbench bench PRESET`): train steps on a device-resident batch.
+    "bench-cpu": {
+        "backend": ["torch", "jax"],
+        "depth": 16,
+        "width": 4,
+        "batch_size": 128,
+        "repeat": [0, 1, 2],
+    },
+    # The GPU check of the benchmark issue: WRN-16-4 and WRN-28-10 within 8 minutes on one GPU.
+    "bench-gpu": [
+        {
+            "backend": ["torch", "jax"],
+            "depth": depth,
+            "width": width,
+            "batch_size": 128,
+            "precision": ["fp32", "bf16"],
+            "device": "cuda",
+            "steps": 40,
+            "warmup_steps": 10,
+            "repeat": 0,
+        }
+        for depth, width in ((16, 4), (28, 10))
+    ],
     # The whole paper ablation of Table 4 style: depth, width and dropout at the full recipe.
     "paper": {
         "backend": "torch",
@@ -140,44 +163,50 @@ def parse_axes(tokens: Iterable[str]) -> Grid:
     return Grid.from_mapping(mapping)
 
 
-def load_grid(source: str) -> Grid:
-    """A preset's name or a YAML file's path."""
+def load_grid(source: str) -> list[Grid]:
+    """A preset's name or a YAML file's path: one grid, or a list whose points are joined."""
     if source in PRESETS:
-        return Grid.from_mapping(PRESETS[source])
-    path = Path(source)
-    if not path.is_file():
-        raise SweepError([f"{source!r} is neither a preset ({', '.join(PRESETS)}) nor a YAML file"])
-    try:
-        mapping = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise SweepError([f"{path}: not valid YAML ({err})"]) from None
-    if not isinstance(mapping, dict):
-        raise SweepError([f"{path}: expected a mapping of setting names to values or lists"])
-    return Grid.from_mapping(mapping)
+        content = PRESETS[source]
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise SweepError(
+                [f"{source!r} is neither a preset ({', '.join(PRESETS)}) nor a YAML file"]
+            )
+        try:
+            content = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise SweepError([f"{path}: not valid YAML ({err})"]) from None
+    parts = content if isinstance(content, list) else [content]
+    if not parts or not all(isinstance(part, dict) for part in parts):
+        raise SweepError(
+            [f"{source}: expected a mapping of setting names to values or lists, or a list of them"]
+        )
+    return [Grid.from_mapping(part) for part in parts]
 
 
-def build_configs(grid: Grid) -> list[RunConfig]:
-    """Validate every point; raise once with the problems of all bad points.
+def build_configs(grids: Grid | list[Grid]) -> list[RunConfig]:
+    """Validate every point of the grids; raise once with the problems of all bad points.
 
     Besides each point's settings, this checks that every backend named is
     installed and every data folder named holds CIFAR-10, so that a sweep
     does not fail hours in on something knowable at the start.
     """
-    configs, problems = [], []
-    points = grid.points()
-    for point in points:
-        try:
-            configs.append(RunConfig.from_dict(point))
-        except ConfigError as err:
-            label = " ".join(f"{k}={point[k]}" for k in grid.axes) or "the sweep"
-            problems += [f"point {label}: {problem}" for problem in err.problems]
+    grids = grids if isinstance(grids, list) else [grids]
+    configs, problems, count = [], [], 0
+    for grid in grids:
+        for point in grid.points():
+            count += 1
+            try:
+                configs.append(RunConfig.from_dict(point))
+            except ConfigError as err:
+                label = " ".join(f"{k}={point[k]}" for k in grid.axes) or "the sweep"
+                problems += [f"point {label}: {problem}" for problem in err.problems]
     problems += _environment_problems(configs)
     if problems:
-        bad = len(points) - len(configs)
+        bad = count - len(configs)
         header = (
-            f"the grid has {len(points)} points, {bad} of them invalid"
-            if bad
-            else "the sweep cannot run"
+            f"the grid has {count} points, {bad} of them invalid" if bad else "the sweep cannot run"
         )
         raise SweepError([header + ":", *_dedupe(problems)])
     unique = {c.config_hash: c for c in configs}
@@ -312,7 +341,10 @@ def _report_run(summary: SweepSummary, row: dict, elapsed_s: float, bar) -> None
 
 
 def describe_row(row: dict) -> str:
-    return f"{row['backend']} WRN-{row['depth']}-{row['width']} dropout {row['dropout']:g} seed {row['seed']}"
+    text = f"{row['backend']} WRN-{row['depth']}-{row['width']} dropout {row['dropout']:g}"
+    if row.get("mode", "train") != "train":
+        return f"{text} {row['precision']} batch {row['batch_size']} {row['mode']} repeat {row['repeat']}"
+    return f"{text} seed {row['seed']}"
 
 
 def row_outcome(row: dict) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,3 +25,23 @@ class TimeStats:
         ms = np.asarray(seconds, dtype=np.float64) * 1e3
         q25, q50, q75 = np.percentile(ms, [25, 50, 75])
         return cls(len(ms), float(q50), float(q75 - q25), float(ms.mean()), float(ms.min()))
+
+
+def best_time(
+    work: Callable[[], object], sync: Callable[[], None], warmup: int = 2, repeats: int = 5
+) -> float:
+    """Seconds of the fastest of a few calls, the device synchronised around each.
+
+    For micro-benchmarks of a peak (a matrix product), where the fastest call
+    is the one least disturbed by the rest of the machine.
+    """
+    for _ in range(warmup):
+        work()
+    sync()
+    best = float("inf")
+    for _ in range(repeats):
+        began = time.perf_counter()
+        work()
+        sync()
+        best = min(best, time.perf_counter() - began)
+    return best

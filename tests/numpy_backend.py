@@ -20,6 +20,7 @@ from harness.backend import Trainer
 from harness.config import RunConfig
 from harness.registry import BackendInfo
 from harness.spec import WRNSpec
+from harness.timing import best_time
 
 INFO = BackendInfo(
     "numpy-test",
@@ -94,6 +95,13 @@ class LinearTrainer(Trainer):
         probs = _softmax(logits)
         loss = -np.log(probs[np.arange(len(labels)), labels] + 1e-12).sum()
         return float(loss), int((logits.argmax(axis=1) == labels).sum())
+
+    def infer_step(self, images):
+        return self._logits(images)[1]
+
+    def matmul_flops(self):
+        a = np.ones((512, 512), np.float32)
+        return 2 * 512**3 / best_time(lambda: a @ a, self.sync)
 
     def sync(self):
         pass

@@ -207,3 +207,30 @@ def test_progress_is_shown_on_a_terminal(tmp_path):
     text = output.decode(errors="replace")
     assert "numpy-test WRN-10-1" in text
     assert "step/s" in text or "s/step" in text
+
+
+def test_bench_runs_repeats_in_fresh_processes_and_prints_the_speed_table(tmp_path):
+    done = wrnbench(
+        "bench",
+        "backend=numpy-test",
+        "--model",
+        "linear",
+        "--repeats",
+        "2",
+        "--steps",
+        "8",
+        "--warmup-steps",
+        "2",
+        "--no-progress",
+        "--results",
+        str(tmp_path),
+        env={**NUMPY_BACKEND, "PYTHONPATH": str(REPO)},
+    )
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(wrnbench("rows", "--json", "--results", str(tmp_path)).stdout)
+    assert sorted((r["mode"], r["repeat"], r["dataset"]) for r in rows) == [
+        ("bench", 0, "synthetic"),
+        ("bench", 1, "synthetic"),
+    ]
+    assert len({r["config_hash"] for r in rows}) == 2
+    assert "peak_fraction" in done.stdout and "numpy-test (model linear)" in done.stdout

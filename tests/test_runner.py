@@ -104,3 +104,16 @@ def test_a_spec_model_with_the_wrong_parameter_count_is_a_crash():
     row = runner.run(numpy_config(backend="numpy-spec", model="spec"), progress=False)
     assert row["status"] == "crashed"
     assert "backend numpy-spec built 30,730 parameters; the spec has 77,850" in row["error"]
+
+
+@pytest.mark.parametrize("mode", ["bench", "bench-infer"])
+def test_bench_modes_time_steps_on_a_resident_batch_and_compare_with_the_matmul_peak(mode):
+    row = runner.run(numpy_config(mode=mode, steps=12, warmup_steps=2), progress=False)
+    assert row["status"] == "ok", row["error"]
+    assert row["steps_done"] == 12 and row["timed_steps"] == 9
+    assert row["curve"] is None and row["final_test_acc"] is None  # no evaluation in a benchmark
+    per_image = row["forward_flops"] * (1 if mode == "bench-infer" else 3)
+    expected = per_image * 50 / (row["step_time_ms_median"] / 1e3) / 1e12
+    assert row["achieved_tflops"] == pytest.approx(expected)
+    assert row["matmul_peak_tflops"] > 0
+    assert row["peak_fraction"] == pytest.approx(row["achieved_tflops"] / row["matmul_peak_tflops"])

@@ -10,7 +10,7 @@ from scipy import stats
 
 # Settings that change what a step computes; rows that share them are the same
 # workload, whichever backend ran it.
-WORKLOAD = ["model", "depth", "width", "dropout", "batch_size", "precision"]
+WORKLOAD = ["mode", "model", "depth", "width", "dropout", "batch_size", "precision"]
 # Settings that change what a run learns, besides the seed.
 RECIPE = [
     "dataset",
@@ -92,9 +92,14 @@ def speed_table(rows: pd.DataFrame) -> pd.DataFrame:
             step_time_iqr_ms=("step_time_ms_iqr", "median"),
             images_per_sec=("images_per_sec", "median"),
             compile_time_s=("compile_time_s", "median"),
+            achieved_tflops=("achieved_tflops", "median"),
+            matmul_peak_tflops=("matmul_peak_tflops", "median"),
+            peak_fraction=("peak_fraction", "median"),
+            vendor_peak_tflops=("vendor_peak_tflops", "first"),
         )
         .reset_index()
     )
+    table = table.dropna(axis="columns", how="all")
     fastest = table.groupby(keys, dropna=False)["step_time_ms"].transform("min")
     table.insert(
         table.columns.get_loc("step_time_ms") + 1,
