@@ -132,7 +132,7 @@ def column_docs() -> dict[str, str]:
 
 
 def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def new_run_id(config: RunConfig) -> str:

@@ -237,8 +237,9 @@ def test_grid_parsing_and_presets():
     assert [p["backend"] for p in grid.points()] == ["torch", "jax", "torch", "jax"]
     with pytest.raises(SweepError, match="an axis is written name=value"):
         parse_axes(["depth"])
-    main = load_grid("main")
+    (main,) = load_grid("main")
     assert main.fixed["depth"] == 16 and main.fixed["width"] == 4
+    assert len(load_grid("bench-gpu")) == 2  # a list of grids: WRN-16-4 and WRN-28-10
     with pytest.raises(SweepError, match="neither a preset"):
         load_grid("no-such-grid")
     assert Grid.from_mapping({"depth": [16, 22]}).merged(Grid({}, {"depth": 28})).points() == [
