@@ -317,7 +317,8 @@ def cmd_parity(args: argparse.Namespace) -> int:
 
     spec = WRNSpec(args.depth, args.width, args.dropout)
     backends = [name for name in args.backends.split(",") if name]
-    tolerance = parity.Tolerance(rtol=args.rtol, atol=args.atol)
+    kink_rtol = args.kink_rtol or parity.default_kink_rtol(spec, args.batch_size)
+    tolerance = parity.Tolerance(kink_rtol, rtol=args.rtol, atol=args.atol)
     report = parity.run_parity(backends, spec, args.batch_size, args.seed, tolerance)
     print(report.table())
     return EXIT_OK if report.passed else EXIT_FAILED
@@ -421,6 +422,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=parity_check.DEFAULT_RTOL,
         help="tolerance relative to max|reference| [%(default)g]",
+    )
+    parity.add_argument(
+        "--kink-rtol",
+        type=float,
+        help="rtol of the conv-kernel and batch-norm steps [3/sqrt(batch x 64)]",
     )
     parity.add_argument(
         "--atol", type=float, default=parity_check.DEFAULT_ATOL, help="added to it [%(default)g]"

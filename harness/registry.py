@@ -34,6 +34,9 @@ class BackendInfo:
     precisions: tuple[str, ...] = ("fp32", "bf16")
     options: tuple[str, ...] = ()  # backend-specific RunConfig flags it honours
     devices: tuple[str, ...] = ("cpu", "cuda")
+    # Importing it takes a minute (Trax imports TensorFlow): tests that import
+    # backends in the pytest process leave it to a subprocess of its own.
+    slow_import: bool = False
 
 
 # RunConfig flags that only some backends honour.
@@ -55,6 +58,7 @@ register(
         options=("channels_last", "compile"),
     )
 )
+register(BackendInfo("jax", "backends.jax_backend", requires=("jax", "flax", "optax"), extra="jax"))
 
 
 def _register_extras() -> None:

@@ -17,7 +17,8 @@ BACKENDS = [
         marks=pytest.mark.skipif(not registry.is_available(name), reason=f"{name} not installed"),
     )
     for name in registry.names()
-    if registry.info(name).module.startswith("backends.")
+    # Backends slow to import (trax: TensorFlow) run these checks in tests/test_trax_backend.py.
+    if registry.info(name).module.startswith("backends.") and not registry.info(name).slow_import
 ]
 
 
