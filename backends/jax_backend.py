@@ -260,8 +260,13 @@ class JaxTrainer(Trainer):
         # Donating the state lets XLA update parameters and buffers in place.
         self._train_jit = jax.jit(step, donate_argnums=0, compiler_options=self.options)
         self._compiled, self._compiled_shape = None, None
-        evaluate = partial(_eval_step, self.model, config.normalize, config.eval_bn == "batch")
-        self._eval_jit = jax.jit(evaluate, compiler_options=self.options)
+        self._eval_jit = {
+            bn: jax.jit(
+                partial(_eval_step, self.model, config.normalize, bn == "batch"),
+                compiler_options=self.options,
+            )
+            for bn in ("running", "batch")
+        }
         infer = partial(_infer_step, self.model, config.normalize)
         self._infer_jit = jax.jit(infer, compiler_options=self.options)
         self._last: Any = None
@@ -312,7 +317,7 @@ class JaxTrainer(Trainer):
         self._last = (self.state, loss)
         return loss
 
-    def eval_step(self, images, labels):
+    def eval_step(self, images, labels, bn="running"):
         # Pad to a power of two (at most the eval batch size): a smaller last
         # batch reuses one of a few compiled sizes and costs under twice its work.
         count = len(labels)
@@ -324,7 +329,7 @@ class JaxTrainer(Trainer):
         mask = jax.device_put(np.arange(size) < count, self.sharding)
 
         variables = {"params": self.state.params, STATS: self.state.batch_stats}
-        loss, correct = self._eval_jit(variables, *self._put(padded, padded_labels), mask)
+        loss, correct = self._eval_jit[bn](variables, *self._put(padded, padded_labels), mask)
         return float(loss), int(correct)
 
     def infer_step(self, images):

@@ -208,14 +208,14 @@ class TorchTrainer(Trainer):
         self.optimizer.step()
         return loss.detach()
 
-    def eval_step(self, images, labels):
+    def eval_step(self, images, labels, bn="running"):
         x, y = self._inputs(images, labels)
         self.model.eval()
         try:
             with (
                 torch.no_grad(),
                 self._autocast(),
-                _batch_statistics(self.model, self.config.eval_bn == "batch"),
+                _batch_statistics(self.model, bn == "batch"),
             ):
                 logits = self.forward(x).float()
         finally:

@@ -43,8 +43,15 @@ class Trainer(abc.ABC):
         """One optimizer step on a batch; returns the batch's mean loss as a device value."""
 
     @abc.abstractmethod
-    def eval_step(self, images: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
-        """Summed cross-entropy and number of correct predictions on a batch."""
+    def eval_step(
+        self, images: np.ndarray, labels: np.ndarray, bn: str = "running"
+    ) -> tuple[float, int]:
+        """Summed cross-entropy and number of correct predictions on a batch.
+
+        ``bn='running'`` normalises with batch norm's running averages (the
+        standard); ``bn='batch'`` with the statistics of this batch's own images,
+        dropout still off and the running averages left as they are.
+        """
 
     @abc.abstractmethod
     def sync(self) -> None:

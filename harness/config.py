@@ -22,7 +22,7 @@ from harness.spec import DEPTH_ALLOWED, DROPOUT_ALLOWED, WIDTH_ALLOWED, SpecErro
 OPTIMIZERS = ("sgd", "adam")
 DATASETS = ("cifar10", "tfds", "synthetic")
 PRECISIONS = ("fp32", "bf16")
-EVAL_BN_MODES = ("running", "batch")
+EVAL_BN_MODES = ("running", "batch", "both")
 MODES = ("train", "bench", "bench-infer")
 DEFAULT_EPOCHS = 200
 DEFAULT_EVALS_PER_RUN = 10
@@ -103,7 +103,9 @@ class RunConfig:
     eval_bn: str = field(
         default="running",
         metadata={
-            "help": "batch norm at evaluation: 'running' averages (standard) or 'batch' statistics"
+            "help": "batch norm at evaluation: 'running' averages (standard), 'batch' statistics "
+            "of each evaluation batch (the Trax tutorial's protocol), or 'both' on the same "
+            "weights (the batch figures then go to the *_batch_bn columns)"
         },
     )
     warmup_steps: int = field(

@@ -46,8 +46,15 @@ class Measured:
     best_test_acc: float | None = _doc("highest test accuracy over the evaluations")
     best_test_loss: float | None = _doc("lowest mean test cross-entropy over the evaluations")
     final_train_loss: float | None = _doc("mean training loss over the last evaluation interval")
+    final_test_acc_batch_bn: float | None = _doc(
+        "eval_bn both: final test accuracy with batch norm normalising by each evaluation "
+        "batch's own statistics (the other columns use the running averages)"
+    )
+    final_test_loss_batch_bn: float | None = _doc("eval_bn both: the same for the mean test loss")
+    best_test_acc_batch_bn: float | None = _doc("eval_bn both: the highest such accuracy")
     curve: list = _doc(
-        "learning curve, one point per evaluation: step, epoch, lr, train_loss, test_loss, test_acc, elapsed_s",
+        "learning curve, one point per evaluation: step, epoch, lr, train_loss, test_loss, "
+        "test_acc, elapsed_s (and test_loss_batch_bn, test_acc_batch_bn with eval_bn both)",
         None,
     )
     step_time_ms_median: float | None = _doc(

@@ -208,39 +208,62 @@ def _evaluate(
     total: int,
 ):
     began = time.perf_counter()
-    loss_sum, correct = 0.0, 0
-    for images, labels in eval_batches(dataset.test, config.eval_batch_size):
-        batch_loss, batch_correct = trainer.eval_step(images, labels)
-        loss_sum, correct = loss_sum + batch_loss, correct + batch_correct
-    seconds = time.perf_counter() - began
-    totals.eval_time_s += seconds
-
-    count = len(dataset.test)
+    primary = "batch" if config.eval_bn == "batch" else "running"
+    loss, acc = _test_metrics(config, trainer, dataset, primary)
     step = measured.steps_done
     point = {
         "step": step,
         "epoch": step * config.batch_size / len(dataset.train),
         "lr": config.lr_at(step - 1, total),
         "train_loss": sum(totals.interval_losses) / len(totals.interval_losses),
-        "test_loss": loss_sum / count,
-        "test_acc": correct / count,
-        "elapsed_s": totals.train_time_s,
+        "test_loss": loss,
+        "test_acc": acc,
     }
+    if config.eval_bn == "both":  # the same weights, batch norm on each batch's own statistics
+        point["test_loss_batch_bn"], point["test_acc_batch_bn"] = _test_metrics(
+            config, trainer, dataset, "batch"
+        )
+    seconds = time.perf_counter() - began
+    totals.eval_time_s += seconds
+    point["elapsed_s"] = totals.train_time_s
     totals.interval_losses.clear()
     measured.curve.append(point)
-    measured.final_test_acc, measured.final_test_loss = point["test_acc"], point["test_loss"]
-    measured.final_train_loss = point["train_loss"]
-    measured.best_test_acc = max(p["test_acc"] for p in measured.curve)
-    measured.best_test_loss = min(p["test_loss"] for p in measured.curve)
+    _record_evaluation(measured, point)
     log.info(
-        "step %d/%d: train loss %.4f, test loss %.4f, test acc %.4f (eval %.1f s)",
+        "step %d/%d: train loss %.4f, test loss %.4f, test acc %.4f%s (eval %.1f s)",
         step,
         total,
         point["train_loss"],
         point["test_loss"],
         point["test_acc"],
+        f", with batch statistics {point['test_acc_batch_bn']:.4f}"
+        if "test_acc_batch_bn" in point
+        else "",
         seconds,
     )
+
+
+def _test_metrics(
+    config: RunConfig, trainer: Trainer, dataset: Dataset, bn: str
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over the whole test split."""
+    loss_sum, correct = 0.0, 0
+    for images, labels in eval_batches(dataset.test, config.eval_batch_size):
+        batch_loss, batch_correct = trainer.eval_step(images, labels, bn)
+        loss_sum, correct = loss_sum + batch_loss, correct + batch_correct
+    return loss_sum / len(dataset.test), correct / len(dataset.test)
+
+
+def _record_evaluation(measured: Measured, point: dict) -> None:
+    curve = measured.curve
+    measured.final_test_acc, measured.final_test_loss = point["test_acc"], point["test_loss"]
+    measured.final_train_loss = point["train_loss"]
+    measured.best_test_acc = max(p["test_acc"] for p in curve)
+    measured.best_test_loss = min(p["test_loss"] for p in curve)
+    if "test_acc_batch_bn" in point:
+        measured.final_test_acc_batch_bn = point["test_acc_batch_bn"]
+        measured.final_test_loss_batch_bn = point["test_loss_batch_bn"]
+        measured.best_test_acc_batch_bn = max(p["test_acc_batch_bn"] for p in curve)
 
 
 def _summarize_steps(config: RunConfig, measured: Measured, totals: _Progress) -> None:

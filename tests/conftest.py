@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests import trax_checks
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 MAKE_CIFAR10 = SHARED / "tools" / "make_cifar10.py"
@@ -94,6 +96,20 @@ def real_cifar(tmp_path_factory) -> Path:
     return out
 
 
+# The numpy test backend in child processes, and a small synthetic data set for it.
+NUMPY_BACKEND_ENV = {"WRNBENCH_EXTRA_BACKENDS": "tests.numpy_backend:INFO", "PYTHONPATH": str(REPO)}
+SMALL_SYNTHETIC = [
+    "--dataset",
+    "synthetic",
+    "--train-size",
+    "1000",
+    "--test-size",
+    "200",
+    "--batch-size",
+    "50",
+]
+
+
 def wrnbench(
     *args: str, env: dict | None = None, timeout: float = 600
 ) -> subprocess.CompletedProcess:
@@ -107,3 +123,14 @@ def wrnbench(
         env=full_env,
         timeout=timeout,
     )
+
+
+def pytest_collection_finish(session):
+    # `import trax` takes a minute: its checks start now, in a process of their
+    # own, and run beside the rest of the suite (tests/trax_checks.py).
+    if not session.config.option.collectonly:
+        trax_checks.start_if_selected(session.items)
+
+
+def pytest_sessionfinish(session):
+    trax_checks.stop()

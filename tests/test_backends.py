@@ -96,13 +96,13 @@ def test_train_steps_reduce_the_loss_on_a_fixed_batch(backend, batch):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("eval_bn", ["running", "batch"])
-def test_evaluation_changes_nothing_and_counts_correctly(backend, batch, eval_bn):
-    trainer = make_trainer(backend, eval_bn=eval_bn, dropout=0.3)
+@pytest.mark.parametrize("bn", ["running", "batch"])
+def test_evaluation_changes_nothing_and_counts_correctly(backend, batch, bn):
+    trainer = make_trainer(backend, dropout=0.3)
     trainer.train_step(*batch, lr=0.05)
     before = trainer.export_weights()
-    loss_a, correct_a = trainer.eval_step(*batch)
-    loss_b, correct_b = trainer.eval_step(*batch)
+    loss_a, correct_a = trainer.eval_step(*batch, bn=bn)
+    loss_b, correct_b = trainer.eval_step(*batch, bn=bn)
     assert (loss_a, correct_a) == pytest.approx((loss_b, correct_b), rel=1e-5)  # no dropout at eval
     assert 0 <= correct_a <= len(batch[1]) and loss_a > 0
     for name, value in trainer.export_weights().items():

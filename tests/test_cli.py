@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, wrnbench
+from tests.conftest import NUMPY_BACKEND_ENV, REPO, SMALL_SYNTHETIC, wrnbench
 
-NUMPY_BACKEND = {"WRNBENCH_EXTRA_BACKENDS": "tests.numpy_backend:INFO"}
+NUMPY_BACKEND = NUMPY_BACKEND_ENV
 QUICK_RUN = [
     "--backend",
     "numpy-test",
@@ -26,14 +26,7 @@ QUICK_RUN = [
     "10",
     "--width",
     "1",
-    "--dataset",
-    "synthetic",
-    "--train-size",
-    "1000",
-    "--test-size",
-    "200",
-    "--batch-size",
-    "50",
+    *SMALL_SYNTHETIC,
     "--steps",
     "20",
     "--eval-every",

@@ -101,16 +101,16 @@ def test_batch_norm_normalises_and_tracks_statistics_as_torch_does():
 
 def test_eval_with_batch_statistics_ignores_padding_and_changes_nothing(batch):
     images, labels = batch[0][:5], batch[1][:5]
-    padded = make_trainer(eval_bn="batch", eval_batch_size=16)
-    exact = make_trainer(eval_bn="batch", eval_batch_size=5)
-    running = make_trainer(eval_bn="running")
+    padded = make_trainer(eval_batch_size=16)
+    exact = make_trainer(eval_batch_size=5)
+    running = make_trainer()
     weights = init_weights(padded.config.spec, seed=0, nontrivial=True)
     for trainer in (padded, exact, running):
         trainer.import_weights(weights)
 
-    loss, correct = padded.eval_step(images, labels)
-    assert (loss, correct) == pytest.approx(exact.eval_step(images, labels), rel=1e-5)
-    assert loss != pytest.approx(running.eval_step(images, labels)[0], rel=1e-3)
+    loss, correct = padded.eval_step(images, labels, "batch")
+    assert (loss, correct) == pytest.approx(exact.eval_step(images, labels, "batch"), rel=1e-5)
+    assert loss != pytest.approx(running.eval_step(images, labels, "running")[0], rel=1e-3)
     for name, value in padded.export_weights().items():
         np.testing.assert_array_equal(value, weights[name], err_msg=name)
 
@@ -119,7 +119,7 @@ def test_smaller_eval_batches_reuse_a_few_compiled_sizes(batch):
     trainer = make_trainer(eval_batch_size=32)
     for size in (32, 20, 17, 3, 2):
         trainer.eval_step(batch[0][:size], batch[1][:size])
-    assert trainer._eval_jit._cache_size() == 3  # 32 (also for 20 and 17), 4 and 2
+    assert trainer._eval_jit["running"]._cache_size() == 3  # 32 (also for 20 and 17), 4 and 2
 
 
 def test_ahead_of_time_compile_serves_every_step_and_the_loss_falls(batch):

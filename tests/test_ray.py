@@ -13,24 +13,12 @@ import time
 import pytest
 
 from harness.store import read_rows
-from tests.conftest import REPO
+from tests.conftest import NUMPY_BACKEND_ENV, REPO, SMALL_SYNTHETIC
 
 ray_cluster_utils = pytest.importorskip("ray.cluster_utils")
 
-ENV = {"WRNBENCH_EXTRA_BACKENDS": "tests.numpy_backend:INFO", "PYTHONPATH": str(REPO)}
-FIXED = [
-    "--backend",
-    "numpy-test",
-    "--dataset",
-    "synthetic",
-    "--train-size",
-    "1000",
-    "--test-size",
-    "200",
-    "--batch-size",
-    "50",
-    "--no-progress",
-]
+ENV = NUMPY_BACKEND_ENV
+FIXED = ["--backend", "numpy-test", *SMALL_SYNTHETIC, "--no-progress"]
 
 
 @pytest.fixture(scope="session")

@@ -34,20 +34,11 @@ def test_a_run_fills_every_measured_column():
     row = runner.run(numpy_config(), progress=False)
     assert row["status"] == "ok", row["error"]
     assert set(column_docs()) == set(row)
-    allowed_null = {
-        "error",
-        "peak_device_memory_bytes",
-        "git_commit",
-        "git_dirty",
-        "epochs",
-        "data_dir",
-        "train_size",
-        "test_size",
-        "threads",
-        "lr",
-        "omp_num_threads",
-        *("achieved_tflops", "matmul_peak_tflops", "peak_fraction", "vendor_peak_tflops"),  # bench only
-    }
+    unset = {"epochs", "data_dir", "train_size", "test_size", "threads", "lr", "omp_num_threads"}
+    not_applicable = {"error", "peak_device_memory_bytes", "git_commit", "git_dirty"}
+    bench_only = {"achieved_tflops", "matmul_peak_tflops", "peak_fraction", "vendor_peak_tflops"}
+    both_bn_only = {"final_test_acc_batch_bn", "final_test_loss_batch_bn", "best_test_acc_batch_bn"}
+    allowed_null = unset | not_applicable | bench_only | both_bn_only
     empty = {name for name, value in row.items() if value is None} - allowed_null
     assert not empty
     assert row["steps_done"] == 60 and row["timed_steps"] == 60 - 1 - 2
@@ -118,3 +109,37 @@ def test_bench_modes_time_steps_on_a_resident_batch_and_compare_with_the_matmul_
     assert row["achieved_tflops"] == pytest.approx(expected)
     assert row["matmul_peak_tflops"] > 0
     assert row["peak_fraction"] == pytest.approx(row["achieved_tflops"] / row["matmul_peak_tflops"])
+
+
+def test_eval_bn_both_evaluates_the_same_weights_both_ways():
+    pytest.importorskip("torch")
+    config = RunConfig(
+        depth=10,
+        width=1,
+        dataset="synthetic",
+        train_size=256,
+        test_size=100,
+        batch_size=32,
+        steps=6,
+        eval_every=3,
+        eval_bn="both",
+        warmup_steps=1,
+    )
+    row = runner.run(config, progress=False)
+    assert row["status"] == "ok", row["error"]
+    assert [sorted(p) for p in row["curve"]][0] == sorted(
+        [
+            "step",
+            "epoch",
+            "lr",
+            "train_loss",
+            "test_loss",
+            "test_acc",
+            "elapsed_s",
+            "test_loss_batch_bn",
+            "test_acc_batch_bn",
+        ]
+    )
+    last = row["curve"][-1]
+    assert row["final_test_acc_batch_bn"] == last["test_acc_batch_bn"]
+    assert row["final_test_loss_batch_bn"] != row["final_test_loss"]  # the two protocols differ

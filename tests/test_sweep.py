@@ -19,22 +19,15 @@ from harness import registry
 from harness.config import RunConfig
 from harness.store import read_rows
 from harness.sweep import Grid, SweepError, build_configs, interleave, load_grid, parse_axes
-from tests.conftest import REPO, wrnbench
+from tests.conftest import NUMPY_BACKEND_ENV, REPO, SMALL_SYNTHETIC, wrnbench
 
-ENV = {"WRNBENCH_EXTRA_BACKENDS": "tests.numpy_backend:INFO", "PYTHONPATH": str(REPO)}
+ENV = NUMPY_BACKEND_ENV
 FIXED = [
     "--backend",
     "numpy-test",
     "--model",
     "linear",
-    "--dataset",
-    "synthetic",
-    "--train-size",
-    "1000",
-    "--test-size",
-    "200",
-    "--batch-size",
-    "50",
+    *SMALL_SYNTHETIC,
     "--eval-every",
     "10",
     "--no-progress",
