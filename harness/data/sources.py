@@ -44,7 +44,9 @@ def synthetic(train_size: int = SYNTHETIC_TRAIN, test_size: int = SYNTHETIC_TEST
     progress without the real files; no accuracy on it means anything.
     """
     rng = np.random.default_rng(SYNTHETIC_SEED)
-    patterns = rng.integers(0, 256, size=(10, 4, 4, 3), dtype=np.uint8).repeat(8, axis=1).repeat(8, axis=2)
+    patterns = (
+        rng.integers(0, 256, size=(10, 4, 4, 3), dtype=np.uint8).repeat(8, axis=1).repeat(8, axis=2)
+    )
 
     def split(count: int) -> Split:
         labels = rng.integers(0, 10, size=count).astype(np.int32)
@@ -93,5 +95,7 @@ def _tfds_arrays(batches) -> tuple[np.ndarray, np.ndarray]:
 def _tfds_split(pair) -> Split:
     images, labels = pair
     if images.dtype != np.uint8 or images.shape[1:] != (32, 32, 3):
-        raise DataError(f"tfds cifar10 images must be uint8 32x32x3; got {images.dtype} {images.shape}")
+        raise DataError(
+            f"tfds cifar10 images must be uint8 32x32x3; got {images.dtype} {images.shape}"
+        )
     return Split(images, labels.astype(np.int32))
