@@ -65,6 +65,7 @@ def machine() -> dict:
         "python_version": sys.version.split()[0],
         "numpy_version": np.__version__,
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "load_avg_1m": os.getloadavg()[0],
         "git_commit": commit,
         "git_dirty": dirty,
     }

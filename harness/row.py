@@ -121,6 +121,8 @@ METADATA_COLUMNS = {
     "python_version": "Python version",
     "numpy_version": "numpy version",
     "omp_num_threads": "OMP_NUM_THREADS of the run's process, where set (Ray sets it to a task's CPUs)",
+    "load_avg_1m": "the machine's 1-minute load average when the run ended; above cpu_count "
+    "(plus the run's own load) other work competed for the CPUs and the times are suspect",
     "git_commit": "commit of the harness",
     "git_dirty": "true if tracked files differed from the commit",
 }

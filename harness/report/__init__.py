@@ -18,8 +18,10 @@ import pandas as pd
 
 from harness.report import plots
 from harness.report.tables import (
+    BUSY_LOAD_PER_CPU,
     NOISE_LEVEL,
     accuracy_table,
+    busy_rows,
     failures_table,
     latest_per_point,
     ok_rows,
@@ -151,6 +153,12 @@ def conditions(rows: pd.DataFrame) -> list[str]:
     dirty = int(rows["git_dirty"].eq(True).sum())
     if dirty:
         lines.append(f"- {dirty} of {len(rows)} runs ran from a checkout with uncommitted changes")
+    busy = int(busy_rows(rows).sum())
+    if busy:
+        lines.append(
+            f"- {busy} of {len(rows)} runs ended with the machine's load above {BUSY_LOAD_PER_CPU:g} "
+            "per CPU: other work competed with them, so their times are suspect (`busy` in the speed table)"
+        )
     return lines
 
 

@@ -30,6 +30,16 @@ RECIPE = [
     "precision",
 ]
 NOISE_LEVEL = 0.05  # Welch's t-test: a difference with p below this exceeds seed noise
+# A run's own threads load the machine to about 1 per CPU; well above that, other
+# work was competing for the CPUs while it was timed.
+BUSY_LOAD_PER_CPU = 1.5
+
+
+def busy_rows(rows: pd.DataFrame) -> pd.Series:
+    """True for rows measured while other work loaded the machine (see BUSY_LOAD_PER_CPU)."""
+    if rows.empty or "load_avg_1m" not in rows:
+        return pd.Series(False, index=rows.index)
+    return (rows["load_avg_1m"] / rows["cpu_count"]) > BUSY_LOAD_PER_CPU
 
 
 def latest_per_point(rows: pd.DataFrame) -> pd.DataFrame:
@@ -82,10 +92,12 @@ def speed_table(rows: pd.DataFrame) -> pd.DataFrame:
     if timed.empty:
         return pd.DataFrame()
     keys = ["platform", *WORKLOAD]
+    timed = timed.assign(busy=busy_rows(timed))
     table = (
         timed.groupby([*keys, "variant"], dropna=False, sort=True)
         .agg(
             runs=("run_id", "count"),
+            busy=("busy", "sum"),
             param_count=("param_count", "first"),
             forward_flops=("forward_flops", "first"),
             step_time_ms=("step_time_ms_median", "median"),
