@@ -51,8 +51,7 @@ def run(config: RunConfig, progress: bool = True) -> dict:
     Every failure of the run itself becomes a row with its status and error; a
     KeyboardInterrupt becomes status ``interrupted``. Bad input found before
     training (data that cannot be read, a framework or device that is not
-    there)
-    raises instead, as no run took place.
+    there) raises instead, as no run took place.
     """
     run_id, started_at, began = new_run_id(config), now_iso(), time.perf_counter()
     measured = Measured(
