@@ -19,6 +19,12 @@ from collections import OrderedDict
 
 import numpy as np
 import torch
+
+# torch imports Triton lazily, on the first optimizer step. If TensorFlow (which
+# the tfds data source imports) came first, that import crashes the process
+# (TensorFlow 2.21 with Triton 3.8), so Triton comes now, before any data source.
+with contextlib.suppress(ImportError):
+    import triton  # noqa: F401
 import torch.nn.functional as F
 from torch import nn
 

@@ -24,6 +24,7 @@ DATASETS = ("cifar10", "tfds", "synthetic")
 PRECISIONS = ("fp32", "bf16")
 EVAL_BN_MODES = ("running", "batch", "both")
 MODES = ("train", "bench", "bench-infer")
+TRAX_MATH = ("jax", "tensorflow-numpy")
 DEFAULT_EPOCHS = 200
 DEFAULT_EVALS_PER_RUN = 10
 
@@ -131,6 +132,9 @@ class RunConfig:
     )
     channels_last: bool = field(default=False, metadata={"help": "torch: NHWC memory format"})
     compile: bool = field(default=False, metadata={"help": "torch: torch.compile the model"})
+    trax_math: str | None = field(
+        default=None, metadata={"help": "trax: its math backend, jax or tensorflow-numpy [jax]"}
+    )
     threads: int | None = field(
         default=None, metadata={"help": "CPU threads for the framework [its default]"}
     )
@@ -173,6 +177,8 @@ class RunConfig:
         problems += _check_choice("precision", self.precision, PRECISIONS)
         problems += _check_choice("eval_bn", self.eval_bn, EVAL_BN_MODES)
         problems += _check_choice("mode", self.mode, MODES)
+        if self.trax_math is not None:
+            problems += _check_choice("trax_math", self.trax_math, TRAX_MATH)
         if self.repeat < 0:
             problems.append(f"repeat must be >= 0; got {self.repeat}")
         for name in (
@@ -239,6 +245,10 @@ class RunConfig:
         """The fields that determine what a run computes, with defaults resolved."""
         out = {k: v for k, v in self.to_dict().items() if k not in _NOT_IDENTITY}
         out["lr"] = self.base_lr
+        # Only trax has a math backend; other rows keep the hashes they had before it.
+        out.pop("trax_math")
+        if self.backend == "trax":
+            out["trax_math"] = self.trax_math or "jax"
         return out
 
     @property

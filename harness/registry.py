@@ -40,7 +40,7 @@ class BackendInfo:
 
 
 # RunConfig flags that only some backends honour.
-BACKEND_OPTIONS = ("channels_last", "compile")
+BACKEND_OPTIONS = ("channels_last", "compile", "trax_math")
 
 _BACKENDS: dict[str, BackendInfo] = {}
 
@@ -59,6 +59,19 @@ register(
     )
 )
 register(BackendInfo("jax", "backends.jax_backend", requires=("jax", "flax", "optax"), extra="jax"))
+register(
+    BackendInfo(
+        "trax",
+        "backends.trax_backend",
+        requires=("trax", "tensorflow"),
+        extra="trax",
+        models=("spec", "trax-zoo"),
+        precisions=("fp32",),
+        options=("trax_math",),
+        devices=("cpu",),
+        slow_import=True,
+    )
+)
 
 
 def _register_extras() -> None:

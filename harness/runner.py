@@ -59,15 +59,17 @@ def run(config: RunConfig, progress: bool = True) -> dict:
     )
     trainer: Trainer | None = None
     try:
+        # The framework first: its imports must precede a data source's TensorFlow.
+        backend = registry.load(config.backend)
         dataset = None
         if config.mode == "train":
             dataset = load_dataset(
                 config.dataset, config.data_dir, config.train_size, config.test_size
             )
-        backend = registry.load(config.backend)
+        trainer = backend.create_trainer(config)
+        # After the trainer: a backend may report choices it made (Trax's math backend).
         measured.versions = backend.versions()
         measured.framework_version = next(iter(measured.versions.values()), None)
-        trainer = backend.create_trainer(config)
         measured.device_name = _device_name(config, trainer)
         measured.param_count = trainer.param_count()
         if config.model == "spec" and measured.param_count != measured.spec_param_count:

@@ -8,6 +8,7 @@ of the real images from ``../shared`` when it exists, and skips otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import subprocess
@@ -17,6 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+# Some tests import TensorFlow in this process (tfds). Triton imported after it
+# crashes the process, and torch imports Triton lazily, so it comes first here.
+with contextlib.suppress(ImportError):
+    import triton  # noqa: F401
 
 from tests import trax_checks
 
