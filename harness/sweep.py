@@ -249,7 +249,7 @@ def interleave(configs: list[RunConfig]) -> list[RunConfig]:
 def _condition_key(config: RunConfig) -> str:
     identity = config.identity()
     for name in ("backend", *BACKEND_OPTIONS):
-        identity.pop(name)
+        identity.pop(name, None)
     return json.dumps(identity, sort_keys=True)
 
 

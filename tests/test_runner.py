@@ -35,7 +35,7 @@ def test_a_run_fills_every_measured_column():
     assert row["status"] == "ok", row["error"]
     assert set(column_docs()) == set(row)
     unset = {"epochs", "data_dir", "train_size", "test_size", "threads", "lr", "omp_num_threads"}
-    not_applicable = {"error", "peak_device_memory_bytes", "git_commit", "git_dirty"}
+    not_applicable = {"error", "peak_device_memory_bytes", "git_commit", "git_dirty", "trax_math"}
     bench_only = {"achieved_tflops", "matmul_peak_tflops", "peak_fraction", "vendor_peak_tflops"}
     both_bn_only = {"final_test_acc_batch_bn", "final_test_loss_batch_bn", "best_test_acc_batch_bn"}
     allowed_null = unset | not_applicable | bench_only | both_bn_only
