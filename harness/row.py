@@ -33,7 +33,9 @@ class Measured:
     error: str | None = _doc("the last lines of the error, for a failed run")
     steps_done: int = _doc("training steps completed", 0)
     data_source: str | None = _doc(
-        "where the images came from: cifar10:py, cifar10:bin, tfds or synthetic"
+        "where the images came from: cifar10:py:official (every file's md5 is the published "
+        "one), cifar10:py:unofficial (the files differ from the official ones, e.g. a "
+        "re-encoded copy), cifar10:bin (no published sums), tfds or synthetic"
     )
     train_images: int | None = _doc("images in the training split used")
     test_images: int | None = _doc("images in the test split evaluated")

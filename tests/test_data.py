@@ -1,9 +1,18 @@
+import hashlib
 import pickle
 
 import numpy as np
 import pytest
 
-from harness.data import DataError, TrainBatches, augment, eval_batches, load_dataset, synthetic
+from harness.data import (
+    DataError,
+    TrainBatches,
+    augment,
+    cifar10,
+    eval_batches,
+    load_dataset,
+    synthetic,
+)
 from harness.data.cifar10 import load_cifar10
 from harness.data.dataset import Split
 
@@ -13,7 +22,7 @@ def test_official_layouts_read_back_exactly(official_cifar, layout):
     folder = official_cifar.py_dir if layout == "py" else official_cifar.bin_dir
     for data_dir in [folder] + ([official_cifar.root] if layout == "py" else []):
         data = load_cifar10(data_dir)
-        assert data.source == f"cifar10:{layout}"
+        assert data.source == {"py": "cifar10:py:unofficial", "bin": "cifar10:bin"}[layout]
         np.testing.assert_array_equal(data.train.images, official_cifar.train_images)
         np.testing.assert_array_equal(data.train.labels, official_cifar.train_labels)
         np.testing.assert_array_equal(data.test.images, official_cifar.test_images)
@@ -31,7 +40,19 @@ def test_plane_order_is_decoded_to_nhwc(official_cifar):
 
 
 def test_python_layout_is_preferred_when_both_are_present(official_cifar):
-    assert load_cifar10(official_cifar.root).source == "cifar10:py"
+    assert load_cifar10(official_cifar.root).source.startswith("cifar10:py")
+
+
+def test_only_files_with_the_published_md5_sums_are_labelled_official(official_cifar, monkeypatch):
+    # The fixture's files are not the official bytes; make the table name their sums.
+    sums = {
+        name: hashlib.md5((official_cifar.py_dir / name).read_bytes()).hexdigest()
+        for name in cifar10.OFFICIAL_PY_MD5
+    }
+    monkeypatch.setattr(cifar10, "OFFICIAL_PY_MD5", sums)
+    assert load_cifar10(official_cifar.py_dir).source == "cifar10:py:official"
+    monkeypatch.setitem(sums, "test_batch", "0" * 32)
+    assert load_cifar10(official_cifar.py_dir).source == "cifar10:py:unofficial"
 
 
 def test_missing_folder_names_it(tmp_path):

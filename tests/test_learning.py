@@ -38,7 +38,9 @@ def test_small_wrn_learns_real_cifar10(real_cifar, tmp_path):
     assert done.returncode == 0, done.stderr
     row = json.loads(done.stdout)
     assert (
-        row["status"] == "ok" and row["test_images"] == 1000 and row["data_source"] == "cifar10:py"
+        row["status"] == "ok"
+        and row["test_images"] == 1000
+        and row["data_source"] == "cifar10:py:unofficial"
     )
     accuracies = [point["test_acc"] for point in row["curve"]]
     assert accuracies[-1] > 0.30, accuracies  # chance is 0.10

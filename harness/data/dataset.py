@@ -44,7 +44,7 @@ class Split:
 class Dataset:
     train: Split
     test: Split
-    source: str  # e.g. "cifar10:py", "tfds", "synthetic"
+    source: str  # e.g. "cifar10:py:official", "cifar10:bin", "tfds", "synthetic"
     location: str  # where it was read from
 
     def limited(self, train_size: int | None, test_size: int | None) -> Dataset:
