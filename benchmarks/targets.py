@@ -1,12 +1,13 @@
 """The benchmark issue's three targets, measured side by side in fresh processes.
 
     python -m benchmarks.targets [--depth 16 --width 4 --batch 128 --rounds 3]
+                                 [--backends torch,jax,trax]
 
 1. Each backend's steady-state training step in the harness (``wrnbench run``'s
    own path: a pipeline batch copied to the device, forward, backward, update,
    device synchronised) against a minimal hand-written loop of the same network
-   in the same framework (``minimal_torch.py``, ``minimal_jax.py``). Target:
-   harness / minimal <= 1.10.
+   in the same framework (``minimal_torch.py``, ``minimal_jax.py``,
+   ``minimal_trax.py``). Target: harness / minimal <= 1.10.
 2. The data pipeline's images/s, augmentation on, against the images/s of the
    fastest backend. Target: >= 20x.
 3. The fastest backend's achieved FLOP/s (the spec's 3 x forward FLOPs per
@@ -30,7 +31,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-KINDS = ("torch-harness", "torch-minimal", "jax-harness", "jax-minimal", "pipeline")
+FRAMEWORKS = ("torch", "jax", "trax")
 
 
 def measure(kind: str, args: argparse.Namespace) -> dict:
@@ -134,37 +135,59 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per process")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--measure", choices=KINDS, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--backends", help="comma-separated frameworks [every installed one of torch, jax, trax]"
+    )
+    parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     if args.measure:
         print(json.dumps(measure(args.measure, args)))
         return
 
-    results: dict[str, list[dict]] = {kind: [] for kind in KINDS}
+    frameworks = _frameworks(args.backends)
+    kinds = [f"{fw}-{what}" for fw in frameworks for what in ("harness", "minimal")]
+    results: dict[str, list[dict]] = {kind: [] for kind in (*kinds, "pipeline")}
     for round_index in range(args.rounds):
-        order = KINDS[:4] if round_index % 2 == 0 else KINDS[2:4] + KINDS[:2]
-        for kind in (*order, "pipeline"):
+        # Rotate which framework goes first; its harness and minimal loop stay side by side.
+        shift = 2 * (round_index % len(frameworks))
+        for kind in (*kinds[shift:], *kinds[:shift], "pipeline"):
             results[kind].append(_child(kind, args))
             print(f"round {round_index + 1}: {kind}: {results[kind][-1]}", file=sys.stderr)
-    report = summarize(results, args)
+    report = summarize(results, frameworks, args)
     print(json.dumps(report, indent=1))
     if args.json:
         args.json.write_text(json.dumps({"rounds": results, "summary": report}, indent=1))
 
 
-def summarize(results: dict[str, list[dict]], args) -> dict:
+def _frameworks(names: str | None) -> list[str]:
+    """The frameworks asked for, or every one whose backend is installed."""
+    from harness import registry
+
+    if names:
+        chosen = [n.strip() for n in names.split(",") if n.strip()]
+        unknown = [n for n in chosen if n not in FRAMEWORKS]
+        if unknown:
+            raise SystemExit(f"--backends: {', '.join(unknown)} unknown; choose from {FRAMEWORKS}")
+        missing = [n for n in chosen if not registry.is_available(n)]
+        if missing:
+            raise SystemExit(f"--backends: {', '.join(missing)} not installed here")
+        return chosen
+    return [n for n in FRAMEWORKS if registry.is_available(n)]
+
+
+def summarize(results: dict[str, list[dict]], frameworks: list[str], args) -> dict:
     def median(kind: str, key: str) -> float:
         return statistics.median(r[key] for r in results[kind])
 
-    step = {fw: median(f"{fw}-harness", "step_s") for fw in ("torch", "jax")}
+    step = {fw: median(f"{fw}-harness", "step_s") for fw in frameworks}
     fastest = min(step, key=step.get)
     fastest_images = args.batch / step[fastest]
     achieved = median(f"{fastest}-harness", "train_flops_per_image") * args.batch / step[fastest]
     peak = median(f"{fastest}-harness", "matmul_peak_flops")
     return {
         "workload": f"WRN-{args.depth}-{args.width}, batch {args.batch}, fp32, CPU threads {os.cpu_count()}",
-        "step_s": {kind: median(kind, "step_s") for kind in KINDS[:4]},
+        "step_s": {kind: median(kind, "step_s") for kind in results if kind != "pipeline"},
         "harness_over_minimal": {fw: step[fw] / median(f"{fw}-minimal", "step_s") for fw in step},
         "fastest_backend": fastest,
         "pipeline_images_per_sec": median("pipeline", "images_per_sec"),

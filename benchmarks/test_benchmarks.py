@@ -48,7 +48,7 @@ def test_harness_train_step(benchmark, backend, workload):
     benchmark.pedantic(step, rounds=ROUNDS, warmup_rounds=WARMUP)
 
 
-@pytest.mark.parametrize("framework", ["torch", "jax"])
+@pytest.mark.parametrize("framework", ["torch", "jax", "trax"])
 def test_minimal_train_step(benchmark, framework, workload):
     pytest.importorskip(framework)
     module = __import__(f"benchmarks.minimal_{framework}", fromlist=["build"])

@@ -147,3 +147,18 @@ def test_every_row_column_is_described(tmp_path, base_rows):
     readme = (folder / "README.md").read_text()
     for column in json.loads(json.dumps(base_rows[0])):
         assert f"`{column}`" in readme
+
+
+def test_trax_rows_name_their_math_backend_even_when_it_was_left_unset(base_rows):
+    spec = {"model": "spec"}
+    chosen = variant_rows(base_rows[:1], "trax")[0] | spec | {"trax_math": "tensorflow-numpy"}
+    unset = variant_rows(base_rows[1:2], "trax")[0] | spec | {"trax_math": None}
+    zoo = variant_rows(base_rows[2:3], "trax")[0] | {"trax_math": None, "model": "trax-zoo"}
+    # In a DataFrame of mixed rows the unset value becomes NaN, not None.
+    labels = with_labels(pd.DataFrame([chosen, unset, zoo, base_rows[3]]))["variant"]
+    assert list(labels) == [
+        "trax (math tensorflow-numpy)",
+        "trax (math jax)",
+        "trax (model trax-zoo, math jax)",
+        "numpy-test (model linear)",
+    ]

@@ -63,7 +63,8 @@ def with_labels(rows: pd.DataFrame) -> pd.DataFrame:
 def _variant(row) -> str:
     options = [name for name in ("channels_last", "compile") if row.get(name) is True]
     if row.get("backend") == "trax":
-        options.append(f"math {row.get('trax_math') or 'jax'}")
+        math_backend = row.get("trax_math")
+        options.append(f"math {math_backend if _present(math_backend) else 'jax'}")
     if row.get("model") not in (None, "spec"):
         options.insert(0, f"model {row['model']}")
     return f"{row['backend']} ({', '.join(options)})" if options else str(row["backend"])
