@@ -97,14 +97,21 @@ def test_ray_sweep_gives_the_same_rows_as_the_local_executor(cluster, tmp_path):
     assert len(read_rows(tmp_path / "ray")) == 4
 
 
-def wait_for_runs(count, timeout=60):
-    """Wait until `count` harness.worker processes run on this machine."""
+def worker_pids():
+    """Process ids of the harness.worker processes on this machine."""
+    found = subprocess.run(["pgrep", "-f", "harness.worker"], capture_output=True, text=True)
+    return set(found.stdout.split())
+
+
+def wait_for_runs(count, before, timeout=60):
+    """Wait until `count` harness.worker processes not in `before` run on this machine.
+
+    Workers that were running before the sweep started (another sweep on the same
+    machine) are not this sweep's runs.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = subprocess.run(
-            ["pgrep", "-f", "harness.worker"], capture_output=True, text=True
-        ).stdout.split()
-        if len(found) >= count:
+        if len(worker_pids() - before) >= count:
             return
         time.sleep(0.2)
     raise AssertionError("the runs did not start")
@@ -125,6 +132,7 @@ def test_a_worker_node_killed_mid_run_fails_that_run_and_the_rest_completes(
         "--node-retries",
         str(retries),
     ]
+    before = worker_pids()
     sweep = subprocess.Popen(
         sweep_command(tmp_path, cluster.address, *args),
         cwd=REPO,
@@ -133,7 +141,7 @@ def test_a_worker_node_killed_mid_run_fails_that_run_and_the_rest_completes(
         stderr=subprocess.PIPE,
         text=True,
     )
-    wait_for_runs(2)  # one run on each worker node
+    wait_for_runs(2, before)  # one run on each worker node
     victim = cluster.workers.pop(0)
     cluster.remove_node(victim, allow_graceful=False)
     cluster.workers.append(cluster.add_node(num_cpus=1))  # later tests keep two workers
