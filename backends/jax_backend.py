@@ -33,9 +33,9 @@ bfloat16; parameters, optimizer state, batch norm and the loss stay float32.
 
 Threads: XLA has no setting for its CPU thread count. It sizes its pool, once,
 when the CPU backend starts, from the CPUs the process may run on; so
-``config.threads`` narrows the process's CPU affinity to that many CPUs before
-JAX starts (see :func:`_limit_cpu_threads`). This binds the whole process, the
-data pipeline's thread included, and fails if JAX has already started.
+``config.threads`` narrows the process's CPU affinity to that many CPUs while
+JAX starts and widens it again once the pool exists (see
+:mod:`harness.cpu_threads`); it fails if JAX has already started.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ from flax import traverse_util
 from harness import config as cfg
 from harness.backend import DeviceUnavailable, Trainer
 from harness.config import RunConfig
+from harness.cpu_threads import sized_thread_pools
 from harness.data import CIFAR10_MEAN, CIFAR10_STD
 from harness.spec import BN_EPSILON, BN_MOMENTUM, POOL_SIZE, STEM_CHANNELS, Block, WRNSpec
 from harness.timing import best_time
@@ -239,8 +240,9 @@ class JaxTrainer(Trainer):
 
     def __init__(self, config: RunConfig):
         self.config = config
-        _limit_cpu_threads(config.threads)
-        self.device = _device(config.device)
+        _refuse_if_started(config.threads)
+        with sized_thread_pools(config.threads):
+            self.device = _device(config.device)  # starts the CPU client, whatever the device
         self.sharding = jax.sharding.SingleDeviceSharding(self.device)
         bf16 = config.precision == "bf16"
         # fp32 means fp32: XLA would otherwise use TF32 for fp32 convolutions on a GPU.
@@ -484,12 +486,8 @@ def _compiler_options(platform: str) -> dict[str, str]:
     return CPU_COMPILER_OPTIONS
 
 
-def _limit_cpu_threads(threads: int | None) -> None:
-    """Give XLA ``threads`` CPU threads, the only way it allows: before it starts.
-
-    XLA's CPU client makes one thread per CPU in the process's affinity mask
-    when it starts and offers no flag for the count, so the mask is narrowed.
-    """
+def _refuse_if_started(threads: int | None) -> None:
+    """XLA sizes its CPU pool once, when it starts: a thread count comes too late after that."""
     if threads is None:
         return
     from jax._src import xla_bridge  # no public way to ask whether backends started
@@ -499,9 +497,6 @@ def _limit_cpu_threads(threads: int | None) -> None:
             f"threads={threads}: JAX has already started in this process and XLA's CPU "
             "thread pool can no longer be resized; run in a fresh process"
         )
-    allowed = sorted(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, allowed[:threads])
-    log.info("limited the process to CPUs %s for XLA's thread pool", allowed[:threads])
 
 
 def _flat(tree) -> dict[str, jax.Array]:

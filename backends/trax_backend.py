@@ -77,7 +77,6 @@ import importlib.metadata
 import importlib.util
 import logging
 import math
-import os
 import time
 from functools import partial
 from typing import Any, NamedTuple
@@ -104,6 +103,7 @@ from trax.fastmath import numpy as jnp  # noqa: E402
 from harness import config as cfg  # noqa: E402
 from harness.backend import Trainer  # noqa: E402
 from harness.config import RunConfig  # noqa: E402
+from harness.cpu_threads import sized_thread_pools  # noqa: E402
 from harness.data import CIFAR10_MEAN, CIFAR10_STD  # noqa: E402
 from harness.spec import (  # noqa: E402
     BN_EPSILON,
@@ -566,12 +566,17 @@ def _start_math(name: str, threads: int | None) -> None:
     """Select Trax's math backend for the process, on the CPU, with ``threads`` threads."""
     global _math_in_use
     if threads is not None:
-        _limit_cpu_threads(name, threads)
-    fastmath.set_backend(name)
-    _math_in_use = name
+        _refuse_if_started(name, threads)
+    with sized_thread_pools(threads):
+        if name == "tensorflow-numpy" and threads is not None:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        fastmath.set_backend(name)
+        _math_in_use = name
+        cpu = jax.devices("cpu")[0]  # XLA's CPU pool starts here, under the narrowed mask
     # This backend runs on the CPU only: keep the math backend off any GPU.
     if name == "jax":
-        jax.config.update("jax_default_device", jax.devices("cpu")[0])
+        jax.config.update("jax_default_device", cpu)
         return
     try:
         tf.config.set_visible_devices([], "GPU")
@@ -579,12 +584,11 @@ def _start_math(name: str, threads: int | None) -> None:
         log.debug("TensorFlow already started; its visible devices stay as they are")
 
 
-def _limit_cpu_threads(name: str, threads: int) -> None:
-    """Give the math backend ``threads`` CPU threads, the only way XLA allows: before it starts.
+def _refuse_if_started(name: str, threads: int) -> None:
+    """The math backend's pools are sized once, when it starts: a thread count comes too late.
 
-    XLA sizes its pool once, from the CPUs the process may run on, so the
-    process's CPU affinity is narrowed first, as the jax backend does; for
-    TensorFlow, its intra- and inter-op pools are sized as well.
+    XLA's from the CPUs the process may run on (see :mod:`harness.cpu_threads`),
+    TensorFlow's intra- and inter-op pools from its threading settings.
     """
     from jax._src import xla_bridge  # no public way to ask whether backends started
 
@@ -594,11 +598,6 @@ def _limit_cpu_threads(name: str, threads: int) -> None:
             f"threads={threads}: {name} has already started in this process and its "
             "thread pools can no longer be resized; run in a fresh process"
         )
-    allowed = sorted(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, allowed[:threads])
-    if name == "tensorflow-numpy":
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
 def _tf_started() -> bool:
