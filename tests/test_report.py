@@ -1,5 +1,6 @@
 """Reports regenerated from stored rows: determinism, filters, platforms, seed noise."""
 
+import dataclasses
 import hashlib
 import json
 
@@ -162,3 +163,18 @@ def test_trax_rows_name_their_math_backend_even_when_it_was_left_unset(base_rows
         "trax (model trax-zoo, math jax)",
         "numpy-test (model linear)",
     ]
+
+
+def test_accuracy_with_batch_statistics_is_tabled_beside_the_running_one(tmp_path, base_rows):
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    settings = {k: v for k, v in base_rows[0].items() if k in fields}
+    config = RunConfig(**{**settings, "eval_bn": "both"})
+    both = runner.run(config, progress=False)
+    assert both["status"] == "ok" and both["final_test_acc_batch_bn"] is not None
+    table = accuracy_table(with_labels(pd.DataFrame([*base_rows, both])))
+    row = table[table["eval_bn"] == "both"].iloc[0]
+    assert row["batch_bn_acc_median"] == both["final_test_acc_batch_bn"]
+    assert row["test_acc_median"] == both["final_test_acc"]
+    assert table.loc[table["eval_bn"] == "running", "batch_bn_acc_median"].isna().all()
+    # Without any such run the column is left out.
+    assert "batch_bn_acc_median" not in accuracy_table(with_labels(pd.DataFrame(base_rows)))

@@ -148,6 +148,13 @@ def conditions(rows: pd.DataFrame) -> list[str]:
     ):
         values = sorted({_text(v) for v in rows[column].dropna()})
         lines.append(f"- {label}: {'; '.join(values) if values else 'unknown'}")
+    if rows["data_source"].astype(str).str.endswith(":unofficial").any():
+        lines.append(
+            "- `unofficial` data: files in the official layout whose bytes differ from the "
+            "published release (md5), such as a JPEG-re-encoded copy; accuracies may sit "
+            "a little below published figures"
+        )
+    lines += _import_times(rows)
     dates = sorted(str(v)[:10] for v in rows["started_at"].dropna())
     lines.append(f"- dates: {dates[0]} to {dates[-1]}")
     dirty = int(rows["git_dirty"].eq(True).sum())
@@ -162,10 +169,31 @@ def conditions(rows: pd.DataFrame) -> list[str]:
     return lines
 
 
+# Entries of a row's ``versions`` that are not versions: shown on lines of their own.
+NOT_VERSIONS = {"trax_import_s", "trax_math"}
+
+
 def _text(value) -> str:
     if isinstance(value, dict):
-        return ", ".join(f"{k} {v}" for k, v in sorted(value.items()) if v)
+        return ", ".join(
+            f"{k} {v}" for k, v in sorted(value.items()) if v and k not in NOT_VERSIONS
+        )
     return str(value)
+
+
+def _import_times(rows: pd.DataFrame) -> list[str]:
+    """Trax's import time: reported, never counted in a step time."""
+    times = [
+        float(v["trax_import_s"])
+        for v in rows["versions"].dropna()
+        if isinstance(v, dict) and v.get("trax_import_s")
+    ]
+    if not times:
+        return []
+    return [
+        f"- `import trax`: {min(times):.0f} to {max(times):.0f} s over {len(times)} runs "
+        "(outside every timing)"
+    ]
 
 
 def _page(rows, speed, accuracy, failures, figures, query) -> str:

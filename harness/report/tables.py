@@ -139,10 +139,16 @@ def accuracy_table(rows: pd.DataFrame) -> pd.DataFrame:
             test_acc_max=("final_test_acc", "max"),
             test_acc_std=("final_test_acc", "std"),
             best_test_acc_median=("best_test_acc", "median"),
+            # eval_bn "both": the same weights with each batch's own statistics
+            batch_bn_acc_median=("final_test_acc_batch_bn", "median"),
             param_count=("param_count", "first"),
         )
         .reset_index()
     )
+    if table["batch_bn_acc_median"].isna().all():
+        table = table.drop(columns="batch_bn_acc_median")
+    for count in ("batch_size", "total_steps", "train_images", "test_images"):
+        table[count] = table[count].astype("Int64")  # counts, not 1e+04
     verdicts = [_against_reference(done, row) for row in table.itertuples(index=False)]
     table["reference"], table["diff_vs_reference"], table["p_value"], table["beyond_seed_noise"] = (
         zip(*verdicts, strict=True)
