@@ -178,3 +178,16 @@ def test_accuracy_with_batch_statistics_is_tabled_beside_the_running_one(tmp_pat
     assert table.loc[table["eval_bn"] == "running", "batch_bn_acc_median"].isna().all()
     # Without any such run the column is left out.
     assert "batch_bn_acc_median" not in accuracy_table(with_labels(pd.DataFrame(base_rows)))
+
+
+def test_a_seed_run_twice_counts_once_in_the_accuracy_table(base_rows):
+    # The same recipe and seed, evaluated at another interval: one seed, not two.
+    again = [
+        dict(r, run_id=r["run_id"] + "again", eval_every=3, started_at=r["started_at"] + "1")
+        for r in base_rows
+    ]
+    again = [dict(r, final_test_acc=r["final_test_acc"] + 0.5) for r in again]
+    table = accuracy_table(with_labels(pd.DataFrame([*base_rows, *again])))
+    assert list(table["seeds"]) == [3, 3]
+    latest = sorted(r["final_test_acc"] for r in again if r["width"] == 1)
+    assert table.iloc[0]["test_acc_median"] == pytest.approx(latest[1])

@@ -130,6 +130,11 @@ def accuracy_table(rows: pd.DataFrame) -> pd.DataFrame:
     done = done[done["final_test_acc"].notna()] if not done.empty else done
     if done.empty:
         return pd.DataFrame()
+    # One run per seed: runs of a recipe that differ only in what it leaves out
+    # (how often it evaluated, say) are not more seeds; the latest stands.
+    done = done.sort_values(["started_at", "run_id"]).drop_duplicates(
+        [*RECIPE, "variant", "seed"], keep="last"
+    )
     table = (
         done.groupby([*RECIPE, "variant"], dropna=False, sort=True)
         .agg(
