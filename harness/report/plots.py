@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from harness.report.tables import reference_variant  # noqa: E402
+from harness.report.tables import RECIPE, reference_variant  # noqa: E402
 
 DPI = 110
 MAX_CURVE_PANELS = 12
@@ -41,23 +41,31 @@ def _save(figure, path: Path) -> Path:
 
 
 def step_time_figure(speed: pd.DataFrame, platform: str, path: Path) -> Path:
-    """Step time against parameters and against FLOPs, one series per variant."""
+    """Step time against parameters and against FLOPs, one series per variant.
+
+    Points of another mode or batch size are other series: a line never joins a
+    batch of 64 to one of 128.
+    """
     table = speed[speed["platform"] == platform]
+    series = ["variant", "mode", "batch_size"]
+    several = table[["mode", "batch_size"]].drop_duplicates().shape[0] > 1
     figure, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
-    for (variant, group), marker in zip(
-        table.groupby("variant", sort=True), _markers(), strict=False
+    for ((variant, mode, batch), group), marker in zip(
+        table.groupby(series, sort=True), _markers(), strict=False
     ):
+        label = f"{variant}, {mode}, batch {batch}" if several else variant
         group = group.sort_values("param_count")
         for axis, column in zip(axes, ("param_count", "forward_flops"), strict=True):
-            axis.plot(group[column], group["step_time_ms"], marker=marker, label=variant)
+            axis.plot(group[column], group["step_time_ms"], marker=marker, label=label)
     axes[0].set_xlabel("parameters")
     axes[1].set_xlabel("forward FLOPs per image")
     axes[0].set_ylabel("median step time (ms)")
     for axis in axes:
         axis.set_xscale("log")
         axis.set_yscale("log")
+        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # labels overlapped
         axis.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=7)
     figure.suptitle(f"Step time on {platform}", fontsize=9)
     return _save(figure, path)
 
@@ -71,12 +79,12 @@ def ratio_heatmap(speed: pd.DataFrame, platform: str, path: Path) -> Path | None
     reference = reference_variant(variants)
     others = [v for v in variants if v != reference]
     base = table[table["variant"] == reference].set_index(
-        ["depth", "width", "dropout", "batch_size"]
+        ["mode", "depth", "width", "dropout", "batch_size"]
     )
     figure, axes = plt.subplots(1, len(others), figsize=(4.2 * len(others), 3.6), squeeze=False)
     for axis, variant in zip(axes[0], others, strict=True):
         ours = table[table["variant"] == variant].set_index(
-            ["depth", "width", "dropout", "batch_size"]
+            ["mode", "depth", "width", "dropout", "batch_size"]
         )
         ratio = (
             (ours["step_time_ms"] / base["step_time_ms"])
@@ -103,10 +111,23 @@ def ratio_heatmap(speed: pd.DataFrame, platform: str, path: Path) -> Path | None
 
 
 def accuracy_figure(accuracy: pd.DataFrame, path: Path) -> Path:
-    """Median final test accuracy against parameters, min-max over seeds as bars."""
-    figure, axis = plt.subplots(figsize=(6.5, 4.2))
-    series = accuracy.groupby(["variant", "dropout"], sort=True)
-    for ((variant, dropout), group), marker in zip(series, _markers(), strict=False):
+    """Median final test accuracy against parameters, min-max over seeds as bars.
+
+    One series per variant and recipe: a line joins only networks trained the same
+    way, and the legend names the settings in which the series differ.
+    """
+    figure, axis = plt.subplots(figsize=(9, 6.5))
+    varying = [
+        c
+        for c in RECIPE
+        if c not in ("model", "depth", "width") and accuracy[c].nunique(dropna=False) > 1
+    ]
+    series = accuracy.groupby(["variant", *varying], sort=True, dropna=False)
+    for (key, group), marker in zip(series, _markers(), strict=False):
+        variant, *values = key
+        label = ", ".join(
+            [variant, *(f"{c} {_short(v)}" for c, v in zip(varying, values, strict=True))]
+        )
         group = group.sort_values("param_count")
         error = [
             group["test_acc_median"] - group["test_acc_min"],
@@ -118,14 +139,18 @@ def accuracy_figure(accuracy: pd.DataFrame, path: Path) -> Path:
             yerr=error,
             marker=marker,
             capsize=3,
-            label=f"{variant}, dropout {dropout:g}",
+            label=label,
         )
     axis.set_xscale("log")
     axis.set_xlabel("parameters")
     axis.set_ylabel("final test accuracy")
     axis.grid(True, which="both", alpha=0.3)
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     return _save(figure, path)
+
+
+def _short(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _panel(row) -> str:
