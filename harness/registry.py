@@ -31,6 +31,8 @@ class BackendInfo:
     requires: tuple[str, ...]  # importable top-level packages the backend needs
     extra: str  # the pip extra that installs them
     models: tuple[str, ...] = ("spec",)
+    # Models the spec's analytic FLOPs describe; for the others no FLOP figures are given.
+    spec_flops_models: tuple[str, ...] = ("spec",)
     precisions: tuple[str, ...] = ("fp32", "bf16")
     options: tuple[str, ...] = ()  # backend-specific RunConfig flags it honours
     devices: tuple[str, ...] = ("cpu", "cuda")

@@ -75,7 +75,8 @@ class Measured:
         "aot: ahead-of-time lower and compile of the train step alone"
     )
     achieved_tflops: float | None = _doc(
-        "bench modes: the spec's FLOPs per step (3 x forward for a train step) / median step time, in TFLOP/s"
+        "bench modes: the spec's FLOPs per step (3 x forward for a train step) / median step time, in "
+        "TFLOP/s; null for a backend's own model"
     )
     matmul_peak_tflops: float | None = _doc(
         "bench modes: TFLOP/s of large square matrix products in the same framework, device and "
@@ -98,7 +99,8 @@ class Measured:
     param_count: int | None = _doc("trainable parameters of the model the backend built")
     spec_param_count: int | None = _doc("trainable parameters the spec computes")
     forward_flops: int | None = _doc(
-        "forward FLOPs per image from the spec (2 x MACs of conv and dense)"
+        "forward FLOPs per image from the spec (2 x MACs of conv and dense); null for a backend's "
+        "own model, which the spec does not describe"
     )
     device_name: str | None = _doc("the device as the framework names it (the CPU model for cpu)")
     framework_version: str | None = _doc("version of the backend's framework")

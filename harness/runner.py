@@ -54,9 +54,7 @@ def run(config: RunConfig, progress: bool = True) -> dict:
     there) raises instead, as no run took place.
     """
     run_id, started_at, began = new_run_id(config), now_iso(), time.perf_counter()
-    measured = Measured(
-        spec_param_count=config.spec.param_count, forward_flops=config.spec.forward_flops
-    )
+    measured = Measured(spec_param_count=config.spec.param_count, forward_flops=_flops(config))
     trainer: Trainer | None = None
     try:
         # The framework first: its imports must precede a data source's TensorFlow.
@@ -176,19 +174,31 @@ def _bench(config: RunConfig, trainer: Trainer, measured: Measured) -> None:
     _efficiency(config, trainer, measured, inference)
 
 
+def _flops(config: RunConfig) -> int | None:
+    """The spec's forward FLOPs per image; None for a backend's own model, which they don't describe."""
+    return config.spec.forward_flops if _spec_flops_apply(config) else None
+
+
+def _spec_flops_apply(config: RunConfig) -> bool:
+    return config.model in registry.info(config.backend).spec_flops_models
+
+
 def _efficiency(config: RunConfig, trainer: Trainer, measured: Measured, inference: bool) -> None:
     """Achieved FLOP/s from the spec, against the framework's measured matmul peak."""
     if measured.step_time_ms_median is None:
         return
+    peak = trainer.matmul_flops()
+    if peak:
+        measured.matmul_peak_tflops = peak / 1e12
+    measured.vendor_peak_tflops = vendor_peak_tflops(measured.device_name, config.precision)
+    if not _spec_flops_apply(config):
+        return  # the spec's FLOPs are not this model's
     per_image = config.spec.forward_flops if inference else config.spec.train_flops
     measured.achieved_tflops = (
         per_image * config.batch_size / (measured.step_time_ms_median / 1e3) / 1e12
     )
-    peak = trainer.matmul_flops()
     if peak:
-        measured.matmul_peak_tflops = peak / 1e12
         measured.peak_fraction = measured.achieved_tflops / measured.matmul_peak_tflops
-    measured.vendor_peak_tflops = vendor_peak_tflops(measured.device_name, config.precision)
 
 
 def _record_step(
@@ -317,6 +327,6 @@ def failed_row(
         error=error,
         wall_time_s=wall_time_s,
         spec_param_count=config.spec.param_count,
-        forward_flops=config.spec.forward_flops,
+        forward_flops=_flops(config),
     )
     return make_row(new_run_id(config), config, started_at, measured, metadata.machine())

@@ -28,6 +28,8 @@ INFO = BackendInfo(
     requires=("numpy",),
     extra="dev",
     models=("linear", "slow", "raise", "nan", "oom", "hang", "exit"),
+    # They stand in for the spec's network in the harness's tests.
+    spec_flops_models=("linear", "slow", "raise", "nan", "oom", "hang", "exit"),
     precisions=("fp32",),
     devices=("cpu",),
 )

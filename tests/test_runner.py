@@ -143,3 +143,16 @@ def test_eval_bn_both_evaluates_the_same_weights_both_ways():
     last = row["curve"][-1]
     assert row["final_test_acc_batch_bn"] == last["test_acc_batch_bn"]
     assert row["final_test_loss_batch_bn"] != row["final_test_loss"]  # the two protocols differ
+
+
+def test_a_model_the_spec_does_not_describe_gets_no_flop_figures():
+    # As Trax's zoo WideResnet: its layers are not the spec's, so neither are its FLOPs.
+    own = dataclasses.replace(numpy_backend.INFO, name="numpy-own-model", spec_flops_models=())
+    registry.register(own)
+    row = runner.run(numpy_config(backend=own.name, mode="bench", steps=10), progress=False)
+    assert row["status"] == "ok", row["error"]
+    assert row["step_time_ms_median"] > 0 and row["matmul_peak_tflops"] > 0
+    assert row["forward_flops"] is None
+    assert row["achieved_tflops"] is None and row["peak_fraction"] is None
+    spec_like = runner.run(numpy_config(mode="bench", steps=10), progress=False)
+    assert spec_like["achieved_tflops"] > 0 and spec_like["forward_flops"] > 0

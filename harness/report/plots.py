@@ -50,17 +50,23 @@ def step_time_figure(speed: pd.DataFrame, platform: str, path: Path) -> Path:
     series = ["variant", "mode", "batch_size"]
     several = table[["mode", "batch_size"]].drop_duplicates().shape[0] > 1
     figure, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    points = {"param_count": 0, "forward_flops": 0}
     for ((variant, mode, batch), group), marker in zip(
         table.groupby(series, sort=True), _markers(), strict=False
     ):
         label = f"{variant}, {mode}, batch {batch}" if several else variant
         group = group.sort_values("param_count")
         for axis, column in zip(axes, ("param_count", "forward_flops"), strict=True):
-            axis.plot(group[column], group["step_time_ms"], marker=marker, label=label)
+            known = group[group[column] > 0]  # no FLOPs for a backend's own model
+            axis.plot(known[column], known["step_time_ms"], marker=marker, label=label)
+            points[column] += len(known)
     axes[0].set_xlabel("parameters")
     axes[1].set_xlabel("forward FLOPs per image")
     axes[0].set_ylabel("median step time (ms)")
-    for axis in axes:
+    for axis, column in zip(axes, points, strict=True):
+        if not points[column]:
+            axis.text(0.5, 0.5, "no figures", ha="center", transform=axis.transAxes)
+            continue
         axis.set_xscale("log")
         axis.set_yscale("log")
         axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # labels overlapped

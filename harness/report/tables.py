@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from harness import registry
+
 # Settings that change what a step computes; rows that share them are the same
 # workload, whichever backend ran it.
 WORKLOAD = ["mode", "model", "depth", "width", "dropout", "batch_size", "precision"]
@@ -80,6 +82,13 @@ def _platform(row) -> str:
     return f"{on} on {row['hostname']}"
 
 
+def _spec_flops_apply(row) -> bool:
+    """Whether the spec's FLOPs describe the row's model (so for backends not registered here)."""
+    if row["backend"] not in registry.names():
+        return row["model"] == "spec"
+    return row["model"] in registry.info(row["backend"]).spec_flops_models
+
+
 def _present(value) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value))
 
@@ -96,6 +105,12 @@ def speed_table(rows: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     keys = ["platform", *WORKLOAD]
     timed = timed.assign(busy=busy_rows(timed))
+    # The spec's FLOPs do not describe a backend's own model (rows written before
+    # the runner left them out still carry them).
+    own_model = ~timed.apply(_spec_flops_apply, axis=1).astype(bool)
+    for column in ("forward_flops", "achieved_tflops", "peak_fraction"):
+        if column in timed:
+            timed[column] = timed[column].where(~own_model)
     table = (
         timed.groupby([*keys, "variant"], dropna=False, sort=True)
         .agg(
@@ -114,7 +129,9 @@ def speed_table(rows: pd.DataFrame) -> pd.DataFrame:
         )
         .reset_index()
     )
-    table = table.dropna(axis="columns", how="all")
+    # Columns no row fills go, but for the FLOPs the figures are drawn against.
+    empty = [c for c in table if c != "forward_flops" and table[c].isna().all()]
+    table = table.drop(columns=empty)
     fastest = table.groupby(keys, dropna=False)["step_time_ms"].transform("min")
     table.insert(
         table.columns.get_loc("step_time_ms") + 1,
