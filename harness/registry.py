@@ -96,6 +96,13 @@ def info(name: str) -> BackendInfo:
         raise KeyError(f"unknown backend {name!r}; known: {', '.join(_BACKENDS)}") from None
 
 
+def spec_flops_apply(backend: str, model: str) -> bool:
+    """Whether the spec's FLOPs describe ``model`` of ``backend`` (just 'spec' if unregistered)."""
+    if backend not in _BACKENDS:
+        return model == "spec"
+    return model in _BACKENDS[backend].spec_flops_models
+
+
 def is_available(name: str) -> bool:
     return all(importlib.util.find_spec(package) is not None for package in info(name).requires)
 

@@ -180,7 +180,7 @@ def _flops(config: RunConfig) -> int | None:
 
 
 def _spec_flops_apply(config: RunConfig) -> bool:
-    return config.model in registry.info(config.backend).spec_flops_models
+    return registry.spec_flops_apply(config.backend, config.model)
 
 
 def _efficiency(config: RunConfig, trainer: Trainer, measured: Measured, inference: bool) -> None:

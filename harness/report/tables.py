@@ -82,13 +82,6 @@ def _platform(row) -> str:
     return f"{on} on {row['hostname']}"
 
 
-def _spec_flops_apply(row) -> bool:
-    """Whether the spec's FLOPs describe the row's model (so for backends not registered here)."""
-    if row["backend"] not in registry.names():
-        return row["model"] == "spec"
-    return row["model"] in registry.info(row["backend"]).spec_flops_models
-
-
 def _present(value) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value))
 
@@ -107,7 +100,9 @@ def speed_table(rows: pd.DataFrame) -> pd.DataFrame:
     timed = timed.assign(busy=busy_rows(timed))
     # The spec's FLOPs do not describe a backend's own model (rows written before
     # the runner left them out still carry them).
-    own_model = ~timed.apply(_spec_flops_apply, axis=1).astype(bool)
+    own_model = ~timed.apply(
+        lambda row: registry.spec_flops_apply(row["backend"], row["model"]), axis=1
+    ).astype(bool)
     for column in ("forward_flops", "achieved_tflops", "peak_fraction"):
         if column in timed:
             timed[column] = timed[column].where(~own_model)
