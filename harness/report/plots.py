@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from harness.report.tables import RECIPE, reference_variant  # noqa: E402
 
@@ -69,7 +70,7 @@ def step_time_figure(speed: pd.DataFrame, platform: str, path: Path) -> Path:
             continue
         axis.set_xscale("log")
         axis.set_yscale("log")
-        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # labels overlapped
+        axis.xaxis.set_minor_formatter(NullFormatter())  # labels overlapped
         axis.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=7)
     figure.suptitle(f"Step time on {platform}", fontsize=9)
