@@ -337,7 +337,7 @@ class TraxTrainer(Trainer):
         self.math = math or math_backend(config)
         if config.model == ZOO and config.dropout > 0:
             raise ValueError(f"model {ZOO} has no dropout; got dropout {config.dropout:g}")
-        _start_math(self.math, config.threads)
+        start_math(self.math, config.threads)
         self.compile_method = "aot" if self.math == "jax" else "first_step"
 
         self.models = {mode: build_model(config.spec, config.model, mode) for mode in MODES}
@@ -562,7 +562,7 @@ def _optimizer(config: RunConfig):
     )
 
 
-def _start_math(name: str, threads: int | None) -> None:
+def start_math(name: str, threads: int | None) -> None:
     """Select Trax's math backend for the process, on the CPU, with ``threads`` threads."""
     global _math_in_use
     if threads is not None:

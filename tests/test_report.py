@@ -191,3 +191,34 @@ def test_a_seed_run_twice_counts_once_in_the_accuracy_table(base_rows):
     assert list(table["seeds"]) == [3, 3]
     latest = sorted(r["final_test_acc"] for r in again if r["width"] == 1)
     assert table.iloc[0]["test_acc_median"] == pytest.approx(latest[1])
+
+
+def test_runs_of_the_tutorials_own_code_are_tabled_apart_from_the_rows(tmp_path, base_rows):
+    """The fields benchmarks/trax_tutorial.py writes (its own run is a check of tests/trax_checks.py)."""
+    folder = store_rows(tmp_path, base_rows)
+    run = {
+        "seed": 3,
+        "steps": 3000,
+        "threads": 1,
+        "trax_math": "tensorflow-numpy",
+        "test_images": 10000,
+        "loop_eval_accuracy": [[1, 0.1], [1000, 0.52], [2000, 0.6], [3000, 0.655]],
+        "loop_seconds_per_step": [[1000, 0.9], [2000, 0.5], [3000, 0.7]],
+        "test_acc_batch_bn": 0.6471,
+        "test_acc_running_bn": 0.6071,
+    }
+    (folder / "tutorial").mkdir()
+    (folder / "tutorial" / "seed3.json").write_text(json.dumps(run))
+    write_report(folder)
+    page = (folder / "report.md").read_text()
+    section = page.split("## The Trax tutorial's own code")[1].split("## Figures")[0]
+    line = next(line for line in section.splitlines() if "seed3.json" in line)
+    cells = [cell.strip() for cell in line.strip("|").split("|")]
+    # Evaluations at steps 1000, 2000, 3000; the first interval (compile) is left out.
+    assert "0.520 / 0.600 / 0.655" in cells and "0.6471" in cells and "0.6071" in cells
+    assert "0.6" in cells  # median of 0.5 and 0.7 s per step
+    assert len(store.load_rows(folder)) == len(base_rows)  # not a row
+    # Without such runs the page has no such section.
+    (folder / "tutorial" / "seed3.json").unlink()
+    write_report(folder)
+    assert "tutorial's own code" not in (folder / "report.md").read_text()

@@ -459,6 +459,34 @@ def zoo_trains_on_tensorflow_numpy() -> str:
     return f"losses {losses}; eval {trainer.eval_step(images, labels, 'batch')}"
 
 
+@check
+def tutorial_code_runs_on_the_real_files_and_reports_both_ways() -> str:
+    """benchmarks/trax_tutorial.py: the tutorial's Loop on a few real images."""
+    make = REPO.parent / "shared" / "tools" / "make_cifar10.py"
+    if not make.exists():
+        raise Skip("no ../shared: the real CIFAR-10 files are needed")
+    from benchmarks import trax_tutorial
+
+    with tempfile.TemporaryDirectory() as folder:
+        subprocess.run(
+            [sys.executable, str(make), folder, "--train", "500", "--test", "100"],
+            check=True,
+            capture_output=True,
+        )
+        out = Path(folder) / "figures.json"
+        args = ["--data-dir", folder, "--steps", "2", "--test-size", "70", "--json", str(out)]
+        report = trax_tutorial.main(args)
+        assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    assert report["trax_math"] == TF and report["test_images"] == 70, report
+    # The Loop evaluates at step 1 (then every 1000 steps): 20 batches of 64.
+    assert [step for step, _ in report["loop_eval_accuracy"]] == [1], report
+    for bn in ("batch", "running"):
+        acc, loss = report[f"test_acc_{bn}_bn"], report[f"test_loss_{bn}_bn"]
+        assert 0 <= acc <= 1 and np.isfinite(loss) and loss > 0, (bn, acc, loss)
+        assert abs(acc * 70 - round(acc * 70)) < 1e-9, acc  # a count of whole images
+    return ", ".join(f"{k} {report[k]:.3f}" for k in report if k.startswith("test_a") or k.startswith("test_l"))
+
+
 # ---------------------------------------------------------------- the subprocess
 
 

@@ -7,11 +7,17 @@ give byte-identical files, so that results can be committed and diffed.
     results/tables/*.csv, *.md   speed, accuracy, failures, every run
     results/figures/*.png        step time, ratio heatmaps, accuracy, learning curves
     results/README.md            what every file and column means
+
+Reference runs outside the harness, ``results/tutorial/*.json`` (written by
+``python -m benchmarks.trax_tutorial``: the Trax tutorial's own code), are
+tabled on the page beside the rows, never mixed into them.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
+import statistics
 from pathlib import Path
 
 import pandas as pd
@@ -32,6 +38,7 @@ from harness.row import column_docs
 from harness.store import load_rows
 
 TABLES, FIGURES, PAGE = "tables", "figures", "report.md"
+TUTORIAL = "tutorial"  # reference runs of the Trax tutorial's own code
 GENERATED = (TABLES, FIGURES)
 
 
@@ -75,7 +82,7 @@ def write_report(results: str | Path = "results", query: str | None = None) -> l
 
     figures = _draw(results / FIGURES, rows, speed, accuracy)
     written += [path for _, path in figures]
-    page = _page(rows, speed, accuracy, failures, figures, query)
+    page = _page(rows, speed, accuracy, failures, figures, query, tutorial_table(results))
     (results / PAGE).write_text(page)
     (results / "README.md").write_text(results_readme())
     return [*written, results / PAGE, results / "README.md"]
@@ -196,7 +203,49 @@ def _import_times(rows: pd.DataFrame) -> list[str]:
     ]
 
 
-def _page(rows, speed, accuracy, failures, figures, query) -> str:
+def tutorial_table(results: Path) -> pd.DataFrame:
+    """One line per run of the Trax tutorial's own code (benchmarks/trax_tutorial.py)."""
+    lines = []
+    for path in sorted((results / TUTORIAL).glob("*.json")):
+        run = json.loads(path.read_text())
+        seconds = [s for step, s in run["loop_seconds_per_step"] if step > 1000]
+        lines.append(
+            {
+                "file": f"{TUTORIAL}/{path.name}",
+                "seed": run["seed"],
+                "steps": run["steps"],
+                "threads": run["threads"],
+                "trax_math": run["trax_math"],
+                "test_images": run["test_images"],
+                "loop_eval_acc_by_1000_steps": " / ".join(
+                    f"{acc:.3f}" for step, acc in run["loop_eval_accuracy"] if step % 1000 == 0
+                ),
+                "test_acc_batch_bn": run["test_acc_batch_bn"],
+                "test_acc_running_bn": run["test_acc_running_bn"],
+                "loop_s_per_step": statistics.median(seconds) if seconds else None,
+            }
+        )
+    return pd.DataFrame(lines)
+
+
+def _tutorial_section(table: pd.DataFrame) -> list[str]:
+    if table.empty:
+        return []
+    return [
+        "## The Trax tutorial's own code",
+        "",
+        "Reference runs outside the harness: the tutorial's `training.Loop` code on the same",
+        "files (`python -m benchmarks.trax_tutorial`). `loop_eval_acc_by_1000_steps` is what",
+        "the tutorial prints: 20 batches of 64 test images, the next 1,280 each time, with",
+        "batch statistics. `test_acc_*` are the final weights on the whole test set, as the",
+        "harness evaluates them. `loop_s_per_step` is the Loop's own figure: the median over",
+        "its 1000-step intervals after the first, with its checkpoints inside.",
+        "",
+        markdown(table),
+    ]
+
+
+def _page(rows, speed, accuracy, failures, figures, query, tutorial) -> str:
     ok = ok_rows(rows)
     lines = [
         "# WRN benchmark results",
@@ -213,6 +262,7 @@ def _page(rows, speed, accuracy, failures, figures, query) -> str:
     lines += ["## Conditions", "", *conditions(rows), ""]
     lines += ["## Speed", "", *_speed_section(speed)]
     lines += ["## Accuracy", "", *_accuracy_section(accuracy)]
+    lines += _tutorial_section(tutorial)
     lines += ["## Figures", ""]
     for title, path in figures:
         lines += [f"### {title}", "", f"![{title}]({path.parent.name}/{path.name})", ""]
@@ -279,6 +329,8 @@ def results_readme() -> str:
         "  whether a variant differs from the reference beyond seed noise.",
         "- `tables/failures.*`: runs that did not finish, with status and last error line.",
         "- `tables/runs.csv`: every row, without the learning curve and version columns.",
+        "- `tutorial/*.json`: reference runs of the Trax tutorial's own code",
+        "  (`python -m benchmarks.trax_tutorial`), not rows; tabled on the page.",
         "- `figures/*.png`: step time against parameters and FLOPs, backend ratio heatmaps",
         "  (per platform), accuracy against parameters, learning curves.",
         "",
