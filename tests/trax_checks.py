@@ -460,6 +460,80 @@ def zoo_trains_on_tensorflow_numpy() -> str:
 
 
 @check
+def zoo_step_is_the_tutorial_loops_step() -> str:
+    """From the same weights and batch, a harness trax-zoo step is a step of the tutorial's Loop.
+
+    The tutorial's model, loss, optimizer and Loop (benchmarks/trax_tutorial.py
+    builds them the same way), on TensorFlow-NumPy, against the harness's own
+    step: same loss, weights and batch-norm state after the step. The Loop
+    counts its first step as 1 (Adam's bias correction then uses 2), the
+    harness as 0; the harness's count is set to 1 so both correct alike.
+    """
+    import itertools
+
+    import trax
+    from trax import fastmath
+    from trax import layers as tl
+    from trax.fastmath import numpy as jnp
+    from trax.supervised import training
+
+    trainer = _trainer(math=TF, model="trax-zoo", optimizer="adam", depth=22, normalize=False)
+    images, labels = _batch(16)
+    batch = (images, labels.astype(np.int64), np.ones(len(labels), np.float32))
+    task = training.TrainTask(
+        labeled_data=itertools.repeat(batch),
+        loss_layer=tl.CrossEntropyLoss(),
+        optimizer=trax.optimizers.Adam(0.01),
+        n_steps_per_checkpoint=1000,
+    )
+    loop = training.Loop(tl.Serial(trax.models.WideResnet(), tl.LogSoftmax()), task)
+    start = trainer.train_state
+    loop.update_weights_and_state(weights=(start.weights, ()), state=(start.state, ()))
+    trainer.train_state = start._replace(step=jnp.asarray(1, dtype=np.int32))
+
+    loss = trainer.to_float(trainer.train_step(images, labels, 0.01))
+    trainer.sync()
+    # What Loop.run does for its first step (its history stays empty without an output_dir).
+    stepper = loop._trainer_per_task[0]
+    loop_loss, _ = stepper.one_step(batch, loop.new_rng(), step=1, learning_rate=0.01)
+    loop_loss = float(np.asarray(loop_loss))
+    stepped = stepper.accelerated_model_with_loss
+    assert abs(loss - loop_loss) < 1e-5 * loop_loss, (loss, loop_loss)
+    worst = {}
+    # Weights: 5e-4 of the lr, the size of one Adam step (a wrong constant, loss or batch
+    # norm moves them by 1e-4 to 1e-2); float32 rounding of the gradient, whose sums
+    # TensorFlow orders differently from run to run, reaches 1.5e-6 in the shortcut
+    # convolution on raw 0-255 pixels. Batch-norm state: 1e-4 relative.
+    for name, mine, theirs, scale in (
+        ("weights", trainer.train_state.weights, stepped.weights[0][0], 5e-4 * 0.01),
+        ("state", trainer.train_state.state, stepped.state[0][0], None),
+    ):
+        pairs = list(zip(fastmath.tree_flatten(mine), fastmath.tree_flatten(theirs), strict=True))
+        assert len(pairs) > 10, (name, len(pairs))
+        diffs = []
+        for a, b in pairs:
+            a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+            assert a.shape == b.shape, (name, a.shape, b.shape)
+            allowed = scale or 1e-4 * max(1.0, float(np.abs(b).max()))
+            diffs.append(float(np.abs(a - b).max()) / allowed)
+        worst[name] = max(diffs)
+        assert worst[name] <= 1, (name, worst[name], "of the allowed difference")
+    changed = max(
+        float(np.abs(np.asarray(a) - np.asarray(b)).max())
+        for a, b in zip(
+            fastmath.tree_flatten(start.weights),
+            fastmath.tree_flatten(trainer.train_state.weights),
+            strict=True,
+        )
+    )
+    assert changed > 1e-3, changed  # the step moved the weights: the comparison is not vacuous
+    return (
+        f"loss {loss:.5f} vs Loop {loop_loss:.5f}; worst weight and state differences "
+        f"{worst['weights']:.2g} and {worst['state']:.2g} of the allowance"
+    )
+
+
+@check
 def tutorial_code_runs_on_the_real_files_and_reports_both_ways() -> str:
     """benchmarks/trax_tutorial.py: the tutorial's Loop on a few real images."""
     make = REPO.parent / "shared" / "tools" / "make_cifar10.py"
@@ -484,7 +558,9 @@ def tutorial_code_runs_on_the_real_files_and_reports_both_ways() -> str:
         acc, loss = report[f"test_acc_{bn}_bn"], report[f"test_loss_{bn}_bn"]
         assert 0 <= acc <= 1 and np.isfinite(loss) and loss > 0, (bn, acc, loss)
         assert abs(acc * 70 - round(acc * 70)) < 1e-9, acc  # a count of whole images
-    return ", ".join(f"{k} {report[k]:.3f}" for k in report if k.startswith("test_a") or k.startswith("test_l"))
+    return ", ".join(
+        f"{k} {report[k]:.3f}" for k in report if k.startswith("test_a") or k.startswith("test_l")
+    )
 
 
 # ---------------------------------------------------------------- the subprocess
