@@ -176,6 +176,19 @@ def test_accuracy_with_batch_statistics_is_tabled_beside_the_running_one(tmp_pat
     assert row["batch_bn_acc_median"] == both["final_test_acc_batch_bn"]
     assert row["test_acc_median"] == both["final_test_acc"]
     assert table.loc[table["eval_bn"] == "running", "batch_bn_acc_median"].isna().all()
+    # A second backend evaluated both ways is compared under each protocol.
+    seeds = [dict(both, seed=s, run_id=f"{both['run_id']}{s}") for s in (0, 1, 2)]
+    for run, shift in zip(seeds, (0.0, 0.01, 0.02), strict=True):
+        run["final_test_acc_batch_bn"] = 0.5 + shift
+        run["final_test_acc"] = 0.4 + shift
+    far = variant_rows(seeds, "x-far")
+    for run, shift in zip(far, (0.0, 0.01, 0.02), strict=True):
+        run["final_test_acc_batch_bn"] = 0.7 + shift
+    table = accuracy_table(with_labels(pd.DataFrame([*base_rows, *seeds, *far])))
+    row = table[table["variant"] == "x-far (model linear)"].iloc[0]
+    assert row["batch_bn_diff_vs_reference"] == pytest.approx(0.2)
+    assert row["batch_bn_beyond_seed_noise"] == "yes"
+    assert (row["batch_bn_acc_min"], row["batch_bn_acc_max"]) == (0.7, pytest.approx(0.72))
     # Without any such run the column is left out.
     assert "batch_bn_acc_median" not in accuracy_table(with_labels(pd.DataFrame(base_rows)))
 

@@ -31,6 +31,11 @@ RECIPE = [
     "test_images",
     "precision",
 ]
+BATCH_BN_COLUMNS = (
+    "batch_bn_acc_median",
+    "batch_bn_acc_min",
+    "batch_bn_acc_max",
+)
 NOISE_LEVEL = 0.05  # Welch's t-test: a difference with p below this exceeds seed noise
 # A run's own threads load the machine to about 1 per CPU; well above that, other
 # work was competing for the CPUs while it was timed.
@@ -158,17 +163,27 @@ def accuracy_table(rows: pd.DataFrame) -> pd.DataFrame:
             best_test_acc_median=("best_test_acc", "median"),
             # eval_bn "both": the same weights with each batch's own statistics
             batch_bn_acc_median=("final_test_acc_batch_bn", "median"),
+            batch_bn_acc_min=("final_test_acc_batch_bn", "min"),
+            batch_bn_acc_max=("final_test_acc_batch_bn", "max"),
             param_count=("param_count", "first"),
         )
         .reset_index()
     )
-    if table["batch_bn_acc_median"].isna().all():
-        table = table.drop(columns="batch_bn_acc_median")
     for count in ("batch_size", "total_steps", "train_images", "test_images"):
         table[count] = table[count].astype("Int64")  # counts, not 1e+04
     verdicts = [_against_reference(done, row) for row in table.itertuples(index=False)]
     table["reference"], table["diff_vs_reference"], table["p_value"], table["beyond_seed_noise"] = (
         zip(*verdicts, strict=True)
+    )
+    if table["batch_bn_acc_median"].isna().all():
+        return table.drop(columns=list(BATCH_BN_COLUMNS))
+    # The same comparison for the batch-statistics protocol, where a run had it.
+    verdicts = [
+        _against_reference(done, row, "final_test_acc_batch_bn")
+        for row in table.itertuples(index=False)
+    ]
+    _, table["batch_bn_diff_vs_reference"], _, table["batch_bn_beyond_seed_noise"] = zip(
+        *verdicts, strict=True
     )
     return table
 
@@ -179,7 +194,8 @@ def reference_variant(variants) -> str:
     return "torch" if "torch" in variants else variants[0]
 
 
-def _against_reference(done: pd.DataFrame, row) -> tuple:
+def _against_reference(done: pd.DataFrame, row, column: str = "final_test_acc") -> tuple:
+    """The recipe's reference variant, and how far the row's `column` lies from it."""
     same = done
     for key in RECIPE:
         value = getattr(row, key)
@@ -187,8 +203,10 @@ def _against_reference(done: pd.DataFrame, row) -> tuple:
     reference = reference_variant(same["variant"])
     if row.variant == reference:
         return reference, None, None, ""
-    ours = same.loc[same["variant"] == row.variant, "final_test_acc"].to_numpy()
-    theirs = same.loc[same["variant"] == reference, "final_test_acc"].to_numpy()
+    ours = same.loc[same["variant"] == row.variant, column].dropna().to_numpy()
+    theirs = same.loc[same["variant"] == reference, column].dropna().to_numpy()
+    if len(ours) == 0 or len(theirs) == 0:
+        return reference, None, None, ""
     diff = float(np.median(ours) - np.median(theirs))
     if len(ours) < 2 or len(theirs) < 2:
         return reference, diff, None, "unknown (needs 2+ seeds each)"
