@@ -304,9 +304,9 @@ def _accuracy_section(accuracy: pd.DataFrame) -> list[str]:
     return [
         "Final test accuracy over seeds. `beyond_seed_noise` compares each variant with",
         f"the reference variant of the same recipe by Welch's t-test (yes: p < {NOISE_LEVEL});",
-        "it needs at least two seeds on each side. Runs evaluated both ways (`eval_bn`",
-        "both) give `test_acc_*` with batch norm's running averages and `batch_bn_*` with",
-        "each test batch's own statistics, the same weights compared the same way.",
+        "it needs at least two seeds on each side. Runs with `eval_bn` both give",
+        "`test_acc_*` with batch norm's running averages and `batch_bn_*` with each test",
+        "batch's own statistics: the same weights, compared the same way.",
         "",
         f"Common to every row: {common}." if common else "",
         "",
